@@ -1,0 +1,49 @@
+"""Launch an experiment: `python launch/launch.py --fdl_config=experiments.small [overrides]`.
+
+Overrides are applied in this order, whatever their order on the command line:
+  1. the base graph: --fdl_config=experiments.NAME or --fdl_config_file=RUN/config.json;
+  2. fiddlers, in the order given: --fiddler=NAME;
+  3. tags: --fdl_tag.NAME=VALUE;
+  4. values, in the order given: --fdl_set=PATH=VALUE or the shorthand --fdl.PATH=VALUE.
+Runtime-only settings (where to write, tracebacks) are plain flags; everything that defines the
+experiment is in the graph and saved to RUN/config.json.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from absl import app, flags  # noqa: E402
+from fiddle import absl_flags as fdl_flags  # noqa: E402  (defines --fdl_config, --fdl_set, ...)
+
+import experiments  # noqa: E402
+from llama_fdl import runner  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory; default runs/<experiment name>. Re-running resumes it."
+)
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
+    try:
+        cfg = fdl_flags.create_buildable_from_flags(experiments, allow_imports=True)
+        name = runner.experiment_name(flags.FLAGS.fdl_config, flags.FLAGS.fdl_config_file)
+        workdir = pathlib.Path(_WORKDIR.value or f"runs/{name}")
+        runner.run(cfg, workdir)
+    except (ValueError, TypeError, AttributeError, FileNotFoundError, runner.RunError) as e:
+        if _TRACEBACK.value:
+            raise
+        print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=fdl_flags.flags_parser)

@@ -1,0 +1,43 @@
+"""`DataConfig`: what the model is trained and evaluated on. Imports no TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from llama_fdl.data import corpus
+
+BYTE_VOCAB_SIZE = 259
+"""Ids of seqio's ByteVocabulary: pad, EOS, UNK, then the 256 byte values."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The stdlib-bytes corpus, packed by seqio into fixed-length sequences."""
+
+    sequence_length: int = 256
+    """Packed sequence length in tokens (bytes + one EOS per chunk)."""
+    batch_size: int = 16
+    """Global batch size in sequences, summed over all processes."""
+    num_eval_batches: int = 16
+    """Eval uses the first this-many validation batches, the same ones every time."""
+    seed: int = 0
+    """Seed of the train stream's order."""
+    corpus_dir: str = ""
+    """Directory of .py files to train on; empty means this interpreter's standard library."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_length < 2:
+            raise ValueError(f"data.sequence_length={self.sequence_length} must be at least 2.")
+        if self.batch_size < 1 or self.num_eval_batches < 1:
+            raise ValueError("data.batch_size and data.num_eval_batches must be positive.")
+        if self.corpus_dir and not pathlib.Path(self.corpus_dir).is_dir():
+            raise ValueError(f"data.corpus_dir={self.corpus_dir!r} is not a directory.")
+
+    @property
+    def root(self) -> pathlib.Path:
+        return pathlib.Path(self.corpus_dir) if self.corpus_dir else corpus.stdlib_dir()
+
+    @property
+    def vocabulary_size(self) -> int:
+        return BYTE_VOCAB_SIZE

@@ -1,0 +1,67 @@
+"""Runs a Fiddle experiment graph in a run directory: checks, saves the config, builds, trains.
+
+This is where the graph meets the run directory, so it is one of the places Fiddle lives.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import fiddle as fdl
+from fiddle import printing
+from fiddle.experimental import serialization
+
+from llama_fdl.train import loop
+
+
+class RunError(Exception):
+    """A problem with the run directory or its contents, stated for a person."""
+
+
+def experiment_name(fdl_config: str | None, fdl_config_file: str | None) -> str:
+    """`experiments.small(...)` -> `small`; a config file -> the name of its run directory."""
+    if fdl_config:
+        return fdl_config.split("(")[0].rsplit(".", 1)[-1]
+    if fdl_config_file:
+        return pathlib.Path(fdl_config_file).resolve().parent.name
+    return "run"
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message; the full text is for --traceback."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def save_config(cfg: fdl.Buildable, workdir: pathlib.Path) -> str:
+    """Writes config.json and config.txt, refusing a directory that holds another experiment."""
+    config_json = serialization.dump_json(cfg, indent=2)
+    path = workdir / "config.json"
+    if path.exists() and path.read_text() != config_json:
+        raise RunError(
+            f"{workdir} holds a run of a different experiment (its config.json differs); "
+            f"pass --workdir=NEW_DIR to start this one elsewhere."
+        )
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _write_atomically(path, config_json)
+        _write_atomically(workdir / "config.txt", printing.as_str_flattened(cfg) + "\n")
+    except OSError as e:
+        raise RunError(f"Cannot write the run directory {workdir}: {e.strerror}; choose another --workdir.") from e
+    return config_json
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run(cfg: fdl.Buildable, workdir: pathlib.Path) -> dict[str, float]:
+    """Saves the graph, builds it and trains; returns the final eval metrics."""
+    # Build and validate before touching the run directory, so a bad config leaves nothing behind.
+    experiment = fdl.build(cfg)
+    experiment.validate()
+    config_json = save_config(cfg, workdir)
+    return loop.train(experiment, workdir, config_json, printing.as_str_flattened(cfg))

@@ -1,0 +1,69 @@
+"""What a built experiment is: the model, mesh, optimizer factory, data and trainer settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from llama_fdl.data.config import DataConfig
+from llama_fdl.train.checkpoint import CheckpointConfig
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """How long to train and how often to evaluate, log and checkpoint."""
+
+    num_train_steps: int = 1000
+    """Optimizer steps in the whole run (also the length of the learning-rate schedule)."""
+    eval_every: int = 250
+    """Evaluate on the fixed validation batches every this many steps (and at the end)."""
+    log_every: int = 50
+    """Write train scalars and a console line every this many steps."""
+    seed: int = 0
+    """Seed of parameter initialisation and dropout."""
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    """When checkpoints are written and which are kept."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_train_steps", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name}={getattr(self, name)} must be a positive integer.")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run needs, as built from a Fiddle graph."""
+
+    model: nn.Module
+    """The Linen model; its `config` is the LlamaConfig."""
+    mesh: Mesh
+    """The device mesh the run is laid out on."""
+    optimizer: Callable[[int], tuple[optax.GradientTransformation, optax.Schedule]]
+    """Called with the run's total steps; returns the optax transformation and its schedule."""
+    data: DataConfig
+    """What to train and evaluate on."""
+    trainer: TrainerConfig
+    """Loop lengths and intervals."""
+
+    def validate(self) -> None:
+        """Cross-part checks that no single part can make; raises ValueError naming the fix."""
+        model_config = self.model.config
+        vocab = self.data.vocabulary_size
+        if model_config.vocab_size < vocab:
+            raise ValueError(
+                f"model.config.vocab_size={model_config.vocab_size} is smaller than the data's "
+                f"vocabulary ({vocab} ids); set it to at least {vocab}."
+            )
+        parallel = model_config.parallel
+        batch_devices = (
+            self.mesh.shape[parallel.data_axis_name] * self.mesh.shape[parallel.fsdp_axis_name]
+        )
+        if self.data.batch_size % batch_devices:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} is not divisible by the {batch_devices} "
+                f"devices of the data and fsdp mesh axes; use a multiple of {batch_devices}."
+            )

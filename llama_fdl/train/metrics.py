@@ -1,0 +1,78 @@
+"""Where metrics go: TensorBoard event files (tensorboardX) and a console line.
+
+Only process 0 writes; the others get a writer that drops everything.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+    """Scalars and text to TensorBoard under the run directory."""
+
+    def __init__(self, logdir: str):
+        self._writer = None
+        if jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        for name, value in values.items():
+            self._writer.add_scalar(name, float(value), global_step=step)
+
+    def text(self, step: int, name: str, body: str) -> None:
+        if self._writer is not None:
+            # Markdown code block keeps the config's alignment in TensorBoard's text tab.
+            self._writer.add_text(name, "```\n" + body + "\n```", global_step=step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class Averager:
+    """Means of per-step scalars since the last `take()`."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, values: dict[str, np.ndarray]) -> None:
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._count += 1
+
+    def take(self) -> dict[str, float]:
+        means = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return means
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def console(step: int, total: int, loss: float, tokens_per_sec: float, seconds_left: float) -> None:
+    if jax.process_index() != 0:
+        return
+    print(
+        f"step {step:>6}/{total} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | "
+        f"left {format_duration(seconds_left)} | {time.strftime('%H:%M:%S')}",
+        file=sys.stdout,
+        flush=True,
+    )
