@@ -1,0 +1,155 @@
+"""Attention kernels behind `LlamaConfig.attention_backend`, all with one signature.
+
+`attend(q, k, v, segment_ids=..., causal=..., scale=..., backend=...)` computes
+softmax(scale * q k^T + mask) v per head, where the mask allows key t for query s when
+(not causal or t <= s) and (segment_ids is None or segment_ids[s] == segment_ids[t]).
+
+- "xla": einsum softmax attention; runs on every platform and is the reference for the others.
+- "pallas_triton": JAX's Pallas flash-attention kernel for GPUs
+  (`jax.experimental.pallas.ops.gpu.attention.mha`), run in interpret mode off GPU.
+- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`; GPU only, 16-bit dtypes only.
+
+Shape legend: B batch, S query positions, T key positions, N heads, H head_dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from llama_fdl.model.masks import attention_mask
+
+BACKENDS = ("xla", "pallas_triton", "cudnn")
+
+# Triton's tl.dot needs every matmul dimension to be at least 16, so the Pallas kernel gets
+# sequence lengths padded to a multiple of this and head dims of at least this.
+_PALLAS_MIN_BLOCK = 16
+# Forward tiles up to 128 (the kernel's default); backward tiles up to 32 (its default), which
+# keeps the fused backward kernel within shared memory for head_dim up to 128.
+_PALLAS_MAX_FWD_BLOCK = 128
+_PALLAS_MAX_BWD_BLOCK = 32
+
+
+def attend(
+    q_BSNH: jax.Array,
+    k_BTNH: jax.Array,
+    v_BTNH: jax.Array,
+    *,
+    segment_ids_BS: jax.Array | None,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> jax.Array:
+    """Attention output [B, S, N, H] in the dtype of q, computed by `backend`."""
+    if backend == "xla":
+        return xla_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal, scale)
+    if backend == "pallas_triton":
+        return pallas_triton_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal, scale)
+    if backend == "cudnn":
+        return cudnn_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal, scale)
+    raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}.")
+
+
+def xla_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool, scale: float) -> jax.Array:
+    """Plain softmax attention; scores and softmax in float32 whatever the input dtype."""
+    scores_BNST = jnp.einsum("bsnh,btnh->bnst", q_BSNH, k_BTNH, preferred_element_type=jnp.float32)
+    scores_BNST = scores_BNST * scale
+    mask_BST = attention_mask(q_BSNH.shape[1], causal, segment_ids_BS)
+    if mask_BST is not None:
+        # Every query may see at least itself, so no row is fully masked and finfo.min is safe.
+        scores_BNST = jnp.where(mask_BST[:, None], scores_BNST, jnp.finfo(jnp.float32).min)
+    probs_BNST = jax.nn.softmax(scores_BNST, axis=-1).astype(v_BTNH.dtype)
+    return jnp.einsum("bnst,btnh->bsnh", probs_BNST, v_BTNH)
+
+
+def pallas_triton_attention(
+    q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool, scale: float
+) -> jax.Array:
+    """The Pallas flash-attention kernel, with inputs padded to shapes its tiles accept.
+
+    Padded key positions get a segment id of their own, so real queries never attend to them;
+    padded queries are sliced off, so their (finite) outputs and zero cotangents change nothing.
+    """
+    # Imported here because Pallas pulls in its Triton lowering, which plain xla users never need.
+    from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+
+    batch, seq_len, _, head_dim = q_BSNH.shape
+    if k_BTNH.shape[1] != seq_len:
+        raise ValueError(
+            f"pallas_triton attention needs as many keys as queries (self-attention); got "
+            f"{seq_len} queries and {k_BTNH.shape[1]} keys."
+        )
+    padded_len = -(-seq_len // _PALLAS_MIN_BLOCK) * _PALLAS_MIN_BLOCK
+    padded_dim = max(head_dim, _PALLAS_MIN_BLOCK)
+    pad = ((0, 0), (0, padded_len - seq_len), (0, 0), (0, padded_dim - head_dim))
+    q_BPNE, k_BPNE, v_BPNE = (jnp.pad(x, pad) for x in (q_BSNH, k_BTNH, v_BTNH))
+
+    if padded_len != seq_len and segment_ids_BS is None and not causal:
+        # Without a causal mask real queries would see the padding; give it its own segment.
+        segment_ids_BS = jnp.ones((batch, seq_len), jnp.int32)
+    if segment_ids_BS is not None:
+        segment_ids_BS = segment_ids_BS.astype(jnp.int32)
+        pad_id = jnp.min(segment_ids_BS) - 1
+        pad_ids_BQ = jnp.broadcast_to(pad_id, (batch, padded_len - seq_len)).astype(jnp.int32)
+        segment_ids_BS = jnp.concatenate([segment_ids_BS, pad_ids_BQ], axis=1)
+
+    fwd_block = _largest_block(padded_len, _PALLAS_MAX_FWD_BLOCK)
+    bwd_block = _largest_block(padded_len, _PALLAS_MAX_BWD_BLOCK)
+    block_sizes = pallas_attention.BlockSizes(
+        block_q=fwd_block,
+        block_k=fwd_block,
+        block_q_dkv=bwd_block,
+        block_kv_dkv=bwd_block,
+        block_q_dq=bwd_block,
+        block_kv_dq=bwd_block,
+    )
+    out_BPNE = pallas_attention.mha(
+        q_BPNE,
+        k_BPNE,
+        v_BPNE,
+        segment_ids_BS,
+        sm_scale=scale,
+        causal=causal,
+        block_sizes=block_sizes,
+        interpret=jax.default_backend() != "gpu",
+    )
+    return out_BPNE[:, :seq_len, :, :head_dim]
+
+
+def _largest_block(length: int, largest: int) -> int:
+    """The largest power of two in [16, largest] that divides `length` (a multiple of 16)."""
+    block = largest
+    while length % block:
+        block //= 2
+    return block
+
+
+def check_cudnn_available(dtype: jnp.dtype) -> None:
+    """Raises ValueError unless cuDNN flash attention can run here with this compute dtype."""
+    if jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention_backend='cudnn' needs a GPU, but JAX runs on {jax.default_backend()!r}; "
+            "use attention_backend='xla' or 'pallas_triton' here."
+        )
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(
+            f"attention_backend='cudnn' supports dtype bfloat16 or float16, not {jnp.dtype(dtype)}; "
+            "set dtype='bfloat16' or use attention_backend='xla' or 'pallas_triton'."
+        )
+
+
+def cudnn_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool, scale: float) -> jax.Array:
+    """cuDNN fused attention; document masks go in as a boolean mask, causality as a flag."""
+    check_cudnn_available(q_BSNH.dtype)
+    mask_B1ST = None
+    if segment_ids_BS is not None:
+        mask_B1ST = (segment_ids_BS[:, :, None] == segment_ids_BS[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(
+        q_BSNH,
+        k_BTNH,
+        v_BTNH,
+        mask=mask_B1ST,
+        scale=scale,
+        is_causal=causal,
+        implementation="cudnn",
+    )

@@ -1,0 +1,175 @@
+"""One transformer block: pre-norm self-attention and pre-norm SwiGLU feed-forward, with residuals.
+
+Logical axis names (mapped to mesh axes by the rules table in `llama_fdl.sharding`):
+- parameters: "embed" (residual width D), "heads" (N), "head_dim" (H), "mlp" (F), "norm" (the
+  axis of every RMSNorm scale);
+- activations: ("batch", "length", "embed") at block boundaries, ("batch", "length", "heads",
+  "head_dim") for q, k, v, ("batch", "length", "mlp") for the SwiGLU hidden units.
+
+Shape legend: B batch, S sequence, D embedding_dim, N heads, H head_dim, F ffn_hidden_dim,
+K = H // 2 rotary frequencies.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from llama_fdl.model.attention_backends import attend, check_cudnn_available
+from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.norm import RMSNorm
+from llama_fdl.model.rotary import apply_rotary, rotary_angles
+
+RESIDUAL_AXES = ("batch", "length", "embed")
+HEAD_AXES = ("batch", "length", "heads", "head_dim")
+MLP_AXES = ("batch", "length", "mlp")
+
+
+def _kernel_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+
+
+def _bias_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def default_positions(batch: int, seq_len: int) -> jax.Array:
+    """Positions 0..S-1 for every row: [B, S] int32."""
+    return jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
+
+
+class SelfAttentionBlock(nn.Module):
+    """x + dropout(attention(RMSNorm(x))) with rotary q/k, optional per-head q/k RMSNorm.
+
+    The scores are scaled by 1/sqrt(head_dim), the width each dot product sums over.
+    """
+
+    config: LlamaConfig
+    train: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BSD: jax.Array,
+        pos_BS: jax.Array | None = None,
+        segment_ids_BS: jax.Array | None = None,
+    ) -> jax.Array:
+        cfg = self.config
+        dtype = cfg._dtype
+        if cfg.attention_backend == "cudnn":
+            check_cudnn_available(dtype)
+        batch, seq_len, _ = x_BSD.shape
+        if pos_BS is None:
+            pos_BS = default_positions(batch, seq_len)
+
+        h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        project = functools.partial(
+            nn.DenseGeneral,
+            features=(cfg.num_heads, cfg.head_dim),
+            use_bias=cfg.use_bias,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_kernel_init(("embed", "heads", "head_dim")),
+            bias_init=_bias_init(("heads", "head_dim")),
+        )
+        q_BSNH = project(name="query")(h_BSD)
+        k_BSNH = project(name="key")(h_BSD)
+        v_BSNH = project(name="value")(h_BSD)
+        if cfg.qk_norm:
+            q_BSNH = RMSNorm(dtype=dtype, name="query_norm")(q_BSNH)
+            k_BSNH = RMSNorm(dtype=dtype, name="key_norm")(k_BSNH)
+
+        sin_BSK, cos_BSK = rotary_angles(pos_BS, cfg.head_dim, cfg.theta)
+        q_BSNH = apply_rotary(q_BSNH, sin_BSK, cos_BSK)
+        k_BSNH = apply_rotary(k_BSNH, sin_BSK, cos_BSK)
+        q_BSNH, k_BSNH, v_BSNH = (
+            nn.with_logical_constraint(t, HEAD_AXES) for t in (q_BSNH, k_BSNH, v_BSNH)
+        )
+
+        o_BSNH = attend(
+            q_BSNH,
+            k_BSNH,
+            v_BSNH,
+            segment_ids_BS=segment_ids_BS,
+            causal=cfg.causal,
+            scale=1.0 / math.sqrt(cfg.head_dim),
+            backend=cfg.attention_backend,
+        )
+        out_BSD = nn.DenseGeneral(
+            features=cfg.embedding_dim,
+            axis=(-2, -1),
+            use_bias=cfg.use_bias,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_kernel_init(("heads", "head_dim", "embed")),
+            bias_init=_bias_init(("embed",)),
+            name="out",
+        )(o_BSNH)
+        out_BSD = _dropout(cfg, self.train, out_BSD)
+        return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
+
+
+class FFNBlock(nn.Module):
+    """x + dropout(down(silu(gate(RMSNorm(x))) * up(RMSNorm(x)))) with hidden width F."""
+
+    config: LlamaConfig
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x_BSD: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = cfg._dtype
+        h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        widen = functools.partial(
+            nn.Dense,
+            features=cfg.ffn_hidden_dim,
+            use_bias=cfg.use_bias,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_kernel_init(("embed", "mlp")),
+            bias_init=_bias_init(("mlp",)),
+        )
+        gate_BSF = widen(name="gate")(h_BSD)
+        up_BSF = widen(name="up")(h_BSD)
+        hidden_BSF = nn.with_logical_constraint(nn.silu(gate_BSF) * up_BSF, MLP_AXES)
+        out_BSD = nn.Dense(
+            features=cfg.embedding_dim,
+            use_bias=cfg.use_bias,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_kernel_init(("mlp", "embed")),
+            bias_init=_bias_init(("embed",)),
+            name="down",
+        )(hidden_BSF)
+        out_BSD = _dropout(cfg, self.train, out_BSD)
+        return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
+
+
+class TransformerBlock(nn.Module):
+    """SelfAttentionBlock then FFNBlock."""
+
+    config: LlamaConfig
+    train: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BSD: jax.Array,
+        pos_BS: jax.Array | None = None,
+        segment_ids_BS: jax.Array | None = None,
+    ) -> jax.Array:
+        x_BSD = SelfAttentionBlock(self.config, self.train, name="attention")(
+            x_BSD, pos_BS, segment_ids_BS
+        )
+        return FFNBlock(self.config, self.train, name="ffn")(x_BSD)
+
+
+def _dropout(cfg: LlamaConfig, train: bool, x: jax.Array) -> jax.Array:
+    """Dropout with the "dropout" rng while training; the identity otherwise."""
+    if not train or cfg.dropout_rate == 0.0:
+        return x
+    return nn.Dropout(rate=cfg.dropout_rate, deterministic=False)(x)

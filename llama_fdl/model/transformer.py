@@ -1,0 +1,110 @@
+"""`LlamaTransformer`: token ids in, float32 next-token logits out.
+
+embedding -> (embedding dropout) -> TransformerBlockStack -> RMSNorm -> untied LM head
+-> (soft cap). Parameters are float32; activations are in `config.dtype`.
+
+Logical axis names of the parameters here: embedding ("vocab", "embed"), head kernel
+("embed", "vocab"), head bias ("vocab",), final norm ("norm",); the logits are constrained to
+("batch", "length", "vocab"). The blocks' names are listed in `llama_fdl.model.blocks`, plus the
+leading "layers" axis of scanned parameters.
+
+Shape legend: B batch, S sequence, D embedding_dim, V vocab_size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from llama_fdl.model.attention_backends import check_cudnn_available
+from llama_fdl.model.blocks import RESIDUAL_AXES, default_positions
+from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.masks import resolve_segment_ids
+from llama_fdl.model.norm import RMSNorm
+from llama_fdl.model.stack import TransformerBlockStack
+
+LOGITS_AXES = ("batch", "length", "vocab")
+
+
+class LlamaTransformer(nn.Module):
+    """A Llama-style decoder-only language model."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        idx: jax.Array,
+        pos_idx: jax.Array | None = None,
+        document_borders: jax.Array | None = None,
+        train: bool = False,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits [B, S, V] in float32.
+
+        Args:
+          idx: [B, S] int token ids.
+          pos_idx: [B, S] int positions for rotary; default 0..S-1 per row. Packed batches pass
+            positions that restart at every document.
+          document_borders: [B, S] bool, True at the first token of each document (xlstm_jax
+            convention). Used only with `mask_across_document_boundaries`.
+          train: enables dropout, which then needs a "dropout" rng.
+          segment_ids: [B, S] int, one id per packed document, 0 for padding (seqio convention).
+            Used only with `mask_across_document_boundaries`.
+        """
+        cfg = self.config
+        _check_inputs(idx, pos_idx=pos_idx, document_borders=document_borders, segment_ids=segment_ids)
+        if cfg.attention_backend == "cudnn":
+            check_cudnn_available(cfg._dtype)
+        batch, seq_len = idx.shape
+        pos_BS = default_positions(batch, seq_len) if pos_idx is None else pos_idx
+        segment_ids_BS = resolve_segment_ids(
+            segment_ids, document_borders, cfg.mask_across_document_boundaries
+        )
+
+        x_BSD = nn.Embed(
+            num_embeddings=cfg.vocab_size,
+            features=cfg.embedding_dim,
+            dtype=cfg._dtype,
+            param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
+                ("vocab", "embed"),
+            ),
+            name="embed",
+        )(idx)
+        if train and cfg.add_embedding_dropout and cfg.dropout_rate > 0.0:
+            x_BSD = nn.Dropout(rate=cfg.dropout_rate, deterministic=False)(x_BSD)
+        x_BSD = nn.with_logical_constraint(x_BSD, RESIDUAL_AXES)
+
+        x_BSD = TransformerBlockStack(cfg, name="block_stack")(x_BSD, pos_BS, segment_ids_BS, train)
+        x_BSD = RMSNorm(dtype=cfg._dtype, name="final_norm")(x_BSD)
+        logits_BSV = nn.Dense(
+            features=cfg.vocab_size,
+            use_bias=cfg.use_bias,
+            dtype=cfg._dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), ("embed", "vocab")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            name="lm_head",
+        )(x_BSD).astype(jnp.float32)
+        if cfg.logits_soft_cap is not None:
+            cap = cfg.logits_soft_cap
+            logits_BSV = cap * jnp.tanh(logits_BSV / cap)
+        return nn.with_logical_constraint(logits_BSV, LOGITS_AXES)
+
+
+def _check_inputs(idx: jax.Array, **per_token: jax.Array | None) -> None:
+    """Raises ValueError naming the input whose shape or dtype cannot work."""
+    if idx.ndim != 2:
+        raise ValueError(f"idx must be [batch, seq_len] token ids; got shape {idx.shape}.")
+    if not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise ValueError(f"idx must hold integer token ids; got dtype {idx.dtype}.")
+    for name, value in per_token.items():
+        if value is not None and value.shape != idx.shape:
+            raise ValueError(
+                f"{name} must have the shape of idx {idx.shape}; got {value.shape}."
+            )
