@@ -62,9 +62,7 @@ def xla_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool, scale: f
     return jnp.einsum("bnst,btnh->bsnh", probs_BNST, v_BTNH)
 
 
-def pallas_triton_attention(
-    q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool, scale: float
-) -> jax.Array:
+def pallas_triton_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool, scale: float) -> jax.Array:
     """The Pallas flash-attention kernel, with inputs padded to shapes its tiles accept.
 
     Padded key positions get a segment id of their own, so real queries never attend to them;

@@ -86,9 +86,7 @@ class SelfAttentionBlock(nn.Module):
         sin_BSK, cos_BSK = rotary_angles(pos_BS, cfg.head_dim, cfg.theta)
         q_BSNH = apply_rotary(q_BSNH, sin_BSK, cos_BSK)
         k_BSNH = apply_rotary(k_BSNH, sin_BSK, cos_BSK)
-        q_BSNH, k_BSNH, v_BSNH = (
-            nn.with_logical_constraint(t, HEAD_AXES) for t in (q_BSNH, k_BSNH, v_BSNH)
-        )
+        q_BSNH, k_BSNH, v_BSNH = (nn.with_logical_constraint(t, HEAD_AXES) for t in (q_BSNH, k_BSNH, v_BSNH))
 
         o_BSNH = attend(
             q_BSNH,
@@ -162,9 +160,7 @@ class TransformerBlock(nn.Module):
         pos_BS: jax.Array | None = None,
         segment_ids_BS: jax.Array | None = None,
     ) -> jax.Array:
-        x_BSD = SelfAttentionBlock(self.config, self.train, name="attention")(
-            x_BSD, pos_BS, segment_ids_BS
-        )
+        x_BSD = SelfAttentionBlock(self.config, self.train, name="attention")(x_BSD, pos_BS, segment_ids_BS)
         return FFNBlock(self.config, self.train, name="ffn")(x_BSD)
 
 

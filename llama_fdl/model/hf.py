@@ -146,14 +146,12 @@ def params_from_hf(state_dict: Mapping[str, Any], config: LlamaConfig) -> dict[s
         used.add(name)
         return weights[name]
 
+    # Tied checkpoints may store the head only as the embedding; ours is always untied.
+    head_name = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
     params: dict[str, Any] = {
         "embed": {"embedding": take("model.embed_tokens.weight")},
         "final_norm": {"scale": take("model.norm.weight")},
-        # Tied checkpoints may store the head only as the embedding; ours is always untied.
-        "lm_head": {
-            "kernel": (take("lm_head.weight") if "lm_head.weight" in weights
-                       else take("model.embed_tokens.weight")).T  # fmt: skip
-        },
+        "lm_head": {"kernel": take(head_name).T},
         "block_stack": {},
     }
     if config.use_bias:

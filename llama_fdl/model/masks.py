@@ -38,9 +38,7 @@ def resolve_segment_ids(
     return jnp.cumsum(starts_BS.astype(jnp.int32), axis=1)
 
 
-def attention_mask(
-    seq_len: int, causal: bool, segment_ids_BS: jax.Array | None
-) -> jax.Array | None:
+def attention_mask(seq_len: int, causal: bool, segment_ids_BS: jax.Array | None) -> jax.Array | None:
     """Boolean [B or 1, S, T] mask, True where the query may attend; None when nothing is masked."""
     mask_BST = None
     if causal:

@@ -36,14 +36,10 @@ def _block_class(config: LlamaConfig) -> type[nn.Module]:
     if remat == "none":
         return TransformerBlock
     if remat not in _REMAT_POLICIES:
-        raise ValueError(
-            f"ParallelConfig.remat={remat!r} is not one of {('none', *_REMAT_POLICIES)}."
-        )
+        raise ValueError(f"ParallelConfig.remat={remat!r} is not one of {('none', *_REMAT_POLICIES)}.")
     # Under scan, XLA cannot merge recomputation across iterations, so CSE prevention only
     # costs time there (the flax docs recommend prevent_cse=False with scan).
-    return nn.remat(
-        TransformerBlock, policy=_REMAT_POLICIES[remat], prevent_cse=not config.scan_blocks
-    )
+    return nn.remat(TransformerBlock, policy=_REMAT_POLICIES[remat], prevent_cse=not config.scan_blocks)
 
 
 def _scan_body(block: nn.Module, x_BSD, pos_BS, segment_ids_BS):

@@ -85,9 +85,7 @@ class LlamaTransformer(nn.Module):
             use_bias=cfg.use_bias,
             dtype=cfg._dtype,
             param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), ("embed", "vocab")
-            ),
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
             name="lm_head",
         )(x_BSD).astype(jnp.float32)
@@ -105,6 +103,4 @@ def _check_inputs(idx: jax.Array, **per_token: jax.Array | None) -> None:
         raise ValueError(f"idx must hold integer token ids; got dtype {idx.dtype}.")
     for name, value in per_token.items():
         if value is not None and value.shape != idx.shape:
-            raise ValueError(
-                f"{name} must have the shape of idx {idx.shape}; got {value.shape}."
-            )
+            raise ValueError(f"{name} must have the shape of idx {idx.shape}; got {value.shape}.")

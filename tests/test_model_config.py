@@ -1,0 +1,134 @@
+"""LlamaConfig validation, derived sizes, and num_params against the real parameter count."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import linen as nn
+
+from llama_fdl.model import LlamaConfig, LlamaTransformer, ParallelConfig, num_matmul_params, num_params
+
+
+def tiny(**overrides) -> LlamaConfig:
+    return LlamaConfig(**{"vocab_size": 64, "embedding_dim": 32, "num_blocks": 2, "head_dim": 8, **overrides})
+
+
+def abstract_params(config: LlamaConfig):
+    """Parameter shapes without allocating or computing anything."""
+    idx = jnp.zeros((1, 4), jnp.int32)
+    variables = jax.eval_shape(lambda: LlamaTransformer(config).init(jax.random.PRNGKey(0), idx))
+    return nn.meta.unbox(variables["params"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"use_bias": True},
+        {"qk_norm": True},
+        {"use_bias": True, "qk_norm": True, "scan_blocks": False},
+        {"ffn_dim_multiplier": 1.7, "ffn_multiple_of": 16, "num_blocks": 3},
+        {"vocab_size": 100, "embedding_dim": 48, "head_dim": 16},
+    ],
+)
+def test_num_params_equals_the_real_count(overrides):
+    config = tiny(**overrides)
+    leaves = jax.tree.leaves(abstract_params(config))
+    assert num_params(config) == sum(leaf.size for leaf in leaves)
+
+
+def test_num_params_notices_a_missing_term():
+    # Control: the count is sensitive to use_bias and qk_norm, so a formula that forgot
+    # either would fail the equality above.
+    base = num_params(tiny())
+    assert num_params(tiny(use_bias=True)) > base
+    assert num_params(tiny(qk_norm=True)) == base + 2 * 2 * 8
+
+
+def test_num_matmul_params_counts_every_kernel_but_the_embedding():
+    config = tiny(use_bias=True, qk_norm=True)
+    params = abstract_params(config)
+    kernels = [
+        leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"
+    ]
+    assert num_matmul_params(config) == sum(kernels)
+
+
+def test_heads_are_embedding_dim_over_head_dim():
+    for head_dim, heads in ((8, 4), (16, 2), (32, 1)):
+        config = tiny(head_dim=head_dim)
+        assert config.num_heads == heads
+        query = abstract_params(config)["block_stack"]["blocks"]["attention"]["query"]["kernel"]
+        assert query.shape == (2, 32, heads, head_dim)
+
+
+def test_head_dim_that_does_not_divide_is_refused_with_suggestions():
+    with pytest.raises(ValueError, match=r"embedding_dim=32 is not divisible by head_dim=12.*for example"):
+        tiny(head_dim=12)
+
+
+def test_odd_head_dim_is_refused():
+    with pytest.raises(ValueError, match="head_dim=1 must be even"):
+        tiny(head_dim=1)
+
+
+@pytest.mark.parametrize(
+    "d, multiple_of, multiplier, hidden",
+    [
+        (4096, 256, 1.0, 11008),  # Llama 2 7B
+        (4096, 1024, 1.3, 14336),  # Llama 3 8B
+        (32, 64, 1.0, 128),  # 8/3 * 32 = 85.3 -> 128
+        (48, 16, 1.0, 128),  # 8/3 * 48 = 128 exactly
+        (48, 16, 2.0, 256),
+    ],
+)
+def test_ffn_hidden_width_formula(d, multiple_of, multiplier, hidden):
+    config = LlamaConfig(
+        vocab_size=8,
+        embedding_dim=d,
+        num_blocks=1,
+        head_dim=16,
+        ffn_multiple_of=multiple_of,
+        ffn_dim_multiplier=multiplier,
+    )
+    assert config.ffn_hidden_dim == hidden
+
+
+def test_ffn_width_reaches_the_parameters():
+    config = tiny(ffn_dim_multiplier=2.0, ffn_multiple_of=8)
+    ffn = abstract_params(config)["block_stack"]["blocks"]["ffn"]
+    assert config.ffn_hidden_dim == 176  # 8/3 * 32 * 2 = 170.7 -> 176
+    assert ffn["gate"]["kernel"].shape == (2, 32, 176)
+    assert ffn["up"]["kernel"].shape == (2, 32, 176)
+    assert ffn["down"]["kernel"].shape == (2, 176, 32)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"dtype": "float64"}, "dtype='float64' is not one of"),
+        ({"attention_backend": "flash"}, "attention_backend='flash' is not one of"),
+        ({"dropout_rate": 1.0}, r"dropout_rate=1.0 must be in \[0, 1\)"),
+        ({"logits_soft_cap": 0.0}, "logits_soft_cap=0.0 must be > 0 or None"),
+        ({"theta": -1.0}, "theta=-1.0 must be > 0"),
+        ({"num_blocks": 0}, "num_blocks=0 must be a positive integer"),
+    ],
+)
+def test_bad_values_are_refused_with_one_sentence(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**overrides)
+
+
+def test_bad_remat_is_refused():
+    with pytest.raises(ValueError, match="remat='some' is not one of"):
+        ParallelConfig(remat="some")
+
+
+def test_to_dict_round_trips():
+    config = tiny(parallel=ParallelConfig(remat="full"), logits_soft_cap=30.0)
+    as_dict = config.to_dict()
+    assert as_dict["parallel"]["remat"] == "full"
+    rebuilt = LlamaConfig(**{**as_dict, "parallel": ParallelConfig(**as_dict["parallel"])})
+    assert rebuilt == config
+    assert dataclasses.replace(config, dtype="bfloat16")._dtype == jnp.bfloat16
