@@ -14,8 +14,8 @@ def small() -> fdl.Config:
     """
     cfg = base()
     cfg.model.config.embedding_dim = 128
-    cfg.trainer.num_train_steps = 3000
-    cfg.trainer.eval_every = 500
+    cfg.trainer.num_train_steps = 2000
+    cfg.trainer.eval_every = 250
     cfg.trainer.log_every = 100
     cfg.trainer.checkpoint.every_steps = 500
     return cfg

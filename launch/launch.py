@@ -11,14 +11,18 @@ experiment is in the graph and saved to RUN/config.json.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
+
+# TensorFlow (under seqio) logs its CUDA and oneDNN probing at start-up; keep warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from fiddle import absl_flags as fdl_flags  # noqa: E402  (defines --fdl_config, --fdl_set, ...)
 
 import experiments  # noqa: E402
@@ -31,14 +35,18 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of a
 
 
 def main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:
+        # seqio and Orbax log every step of their set-up at INFO; keep the console for the run.
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
     try:
+        runner.check_names(flags.FLAGS.fdl_config, flags.FLAGS.fiddler, experiments)
         cfg = fdl_flags.create_buildable_from_flags(experiments, allow_imports=True)
         name = runner.experiment_name(flags.FLAGS.fdl_config, flags.FLAGS.fdl_config_file)
         workdir = pathlib.Path(_WORKDIR.value or f"runs/{name}")
         runner.run(cfg, workdir)
-    except (ValueError, TypeError, AttributeError, FileNotFoundError, runner.RunError) as e:
+    except (ValueError, TypeError, FileNotFoundError, runner.RunError) as e:
         if _TRACEBACK.value:
             raise
         print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)

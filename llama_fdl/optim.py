@@ -13,7 +13,13 @@ def _decay_mask(params):
 
     Decided by name, not rank, because scanned blocks stack a layer axis onto every parameter.
     """
-    return jax.tree_util.tree_map_with_path(lambda path, _: str(path[-1].key) in _DECAYED, params)
+
+    def decayed(path, _) -> bool:
+        # The last dict key names the parameter; logical-axis boxes add attribute keys after it.
+        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        return bool(names) and names[-1] in _DECAYED
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def warmup_cosine(

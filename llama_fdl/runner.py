@@ -5,6 +5,7 @@ This is where the graph meets the run directory, so it is one of the places Fidd
 
 from __future__ import annotations
 
+import difflib
 import pathlib
 
 import fiddle as fdl
@@ -27,13 +28,37 @@ def experiment_name(fdl_config: str | None, fdl_config_file: str | None) -> str:
     return "run"
 
 
+def check_names(fdl_config: str | None, fiddlers: list[str], library) -> None:
+    """Refuses an unknown experiment or fiddler of `library`, listing the known ones nearest first."""
+    prefix = library.__name__ + "."
+
+    def check(expression: str, known: tuple[str, ...], kind: str) -> None:
+        name = expression.split("(")[0]
+        if "." in name and not name.startswith(prefix):
+            return  # a fully qualified name from another module; Fiddle imports it
+        short = name.removeprefix(prefix)
+        if short not in known:
+            ranked = sorted(known, key=lambda k: -difflib.SequenceMatcher(None, short, k).ratio())
+            raise RunError(f"Unknown {kind} {name!r}; available: {', '.join(ranked)}.")
+
+    if fdl_config:
+        check(fdl_config, library.EXPERIMENTS, "experiment")
+    for fiddler in fiddlers:
+        check(fiddler, library.FIDDLERS, "fiddler")
+
+
 def one_line(error: BaseException) -> str:
     """The first line of an error's message; the full text is for --traceback."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-def save_config(cfg: fdl.Buildable, workdir: pathlib.Path) -> str:
+def flatten(cfg: fdl.Buildable) -> str:
+    """One `path = value` line per setting; unset fields show their defaults."""
+    return printing.as_str_flattened(cfg, include_types=False)
+
+
+def save_config(cfg: fdl.Buildable, workdir: pathlib.Path, config_text: str) -> str:
     """Writes config.json and config.txt, refusing a directory that holds another experiment."""
     config_json = serialization.dump_json(cfg, indent=2)
     path = workdir / "config.json"
@@ -46,9 +71,11 @@ def save_config(cfg: fdl.Buildable, workdir: pathlib.Path) -> str:
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _write_atomically(path, config_json)
-        _write_atomically(workdir / "config.txt", printing.as_str_flattened(cfg) + "\n")
+        _write_atomically(workdir / "config.txt", config_text + "\n")
     except OSError as e:
-        raise RunError(f"Cannot write the run directory {workdir}: {e.strerror}; choose another --workdir.") from e
+        raise RunError(
+            f"Cannot write the run directory {workdir}: {e.strerror}; choose another --workdir."
+        ) from e
     return config_json
 
 
@@ -63,5 +90,6 @@ def run(cfg: fdl.Buildable, workdir: pathlib.Path) -> dict[str, float]:
     # Build and validate before touching the run directory, so a bad config leaves nothing behind.
     experiment = fdl.build(cfg)
     experiment.validate()
-    config_json = save_config(cfg, workdir)
-    return loop.train(experiment, workdir, config_json, printing.as_str_flattened(cfg))
+    config_text = flatten(cfg)
+    config_json = save_config(cfg, workdir, config_text)
+    return loop.train(experiment, workdir, config_json, config_text)

@@ -49,8 +49,9 @@ def resolve_axis_sizes(parallel: ParallelConfig, num_devices: int) -> tuple[int,
             )
         sizes[unknown[0]] = num_devices // known
     if math.prod(sizes) != num_devices:
+        named = dict(zip(parallel.axis_names, sizes, strict=True))
         raise ValueError(
-            f"Mesh sizes {dict(zip(parallel.axis_names, sizes))} multiply to {math.prod(sizes)}, "
+            f"Mesh sizes {named} multiply to {math.prod(sizes)}, "
             f"but there are {num_devices} devices; make the product {num_devices} or use -1 for one axis."
         )
     return tuple(sizes)

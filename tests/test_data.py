@@ -27,7 +27,9 @@ def _write_corpus(root: pathlib.Path, n_train: int = 30, n_valid: int = 6) -> di
         name = f"mod_{i}.py"
         split = corpus.split_of(name)
         if counts[split] < (n_train if split == "train" else n_valid):
-            body = "".join(f"def f_{i}_{j}(x):\n    return x * {j}\n" for j in range(int(rng.integers(1, 12))))
+            body = "".join(
+                f"def f_{i}_{j}(x):\n    return x * {j}\n" for j in range(int(rng.integers(1, 12)))
+            )
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(body)
             texts[name] = body.encode()

@@ -23,10 +23,10 @@ def _prefix(directory: epath.Path) -> str:
 class TFIteratorHandler(ocp.CheckpointHandler):
     """Saves and restores a tf.data iterator in place."""
 
-    def save(self, directory: epath.Path, args: "TFIteratorSave") -> None:
+    def save(self, directory: epath.Path, args: TFIteratorSave) -> None:
         tf.train.Checkpoint(iterator=args.iterator).write(_prefix(directory))
 
-    def restore(self, directory: epath.Path, args: "TFIteratorRestore") -> Any:
+    def restore(self, directory: epath.Path, args: TFIteratorRestore) -> Any:
         prefix = _prefix(directory)
         if not tf.io.gfile.exists(prefix + ".index"):
             raise FileNotFoundError(

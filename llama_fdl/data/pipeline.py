@@ -34,9 +34,7 @@ FEATURES = (
 )
 
 
-def _stream(
-    root: pathlib.Path, max_bytes: int, split: str, shuffle_files: bool, seed: int | None = None
-):
+def _stream(root: pathlib.Path, max_bytes: int, split: str, shuffle_files: bool, seed: int | None = None):
     """A dataset of {"text": chunk}; train is an endless per-epoch permutation, eval one pass.
 
     `shuffle_files` is ignored: the train order is always the seeded permutation, so that seqio
@@ -53,7 +51,8 @@ def _stream(
     def pick(i):
         epoch, offset = i // n, i % n
         index = tf.random.experimental.index_shuffle(
-            offset, seed=tf.stack([tf.constant(base_seed, tf.int64), epoch]),
+            offset,
+            seed=tf.stack([tf.constant(base_seed, tf.int64), epoch]),
             max_index=n - 1,
         )
         return {"text": tf.gather(table, index)}
@@ -88,7 +87,7 @@ def register_task(config: DataConfig) -> str:
         source=source,
         preprocessors=[
             functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-            seqio.preprocessors.tokenize,
+            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
             seqio.preprocessors.append_eos,
         ],
         output_features={"targets": seqio.Feature(vocabulary(), add_eos=True, dtype=tf.int32)},
@@ -143,6 +142,4 @@ def eval_batches(config: DataConfig) -> list[dict[str, np.ndarray]]:
 
 def to_global(batch: dict, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """Assembles each process's local rows into one global array per feature."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in FEATURES
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in FEATURES}

@@ -59,9 +59,7 @@ class Experiment:
                 f"vocabulary ({vocab} ids); set it to at least {vocab}."
             )
         parallel = model_config.parallel
-        batch_devices = (
-            self.mesh.shape[parallel.data_axis_name] * self.mesh.shape[parallel.fsdp_axis_name]
-        )
+        batch_devices = self.mesh.shape[parallel.data_axis_name] * self.mesh.shape[parallel.fsdp_axis_name]
         if self.data.batch_size % batch_devices:
             raise ValueError(
                 f"data.batch_size={self.data.batch_size} is not divisible by the {batch_devices} "

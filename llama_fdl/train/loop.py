@@ -89,7 +89,11 @@ def train(
     def finish_step(step: int, device_metrics) -> None:
         nonlocal window_start, window_steps
         averager.add(jax.device_get(device_metrics))
-        window_steps += 1
+        if step == start + 1:
+            # The first step includes compilation; time throughput from its end.
+            window_start = time.perf_counter()
+        else:
+            window_steps += 1
         if step % trainer.log_every == 0 or step == total_steps:
             elapsed = time.perf_counter() - window_start
             means = averager.take()
@@ -120,7 +124,12 @@ def train(
             if jax.process_index() == 0:
                 print(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}", flush=True)
         if done % trainer.checkpoint.every_steps == 0 or done == total_steps:
+            if pending is not None:
+                finish_step(*pending)
+                pending = None
             ckpt.save(manager, done, state, train_iter, meta, force=True)
+        if pending is None:  # eval and saves are not train throughput
+            window_start, window_steps = time.perf_counter(), 0
     if pending is not None:
         finish_step(*pending)
 

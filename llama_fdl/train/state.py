@@ -67,6 +67,4 @@ def init_state(
 def unboxed_abstract(boxed: TrainState, shardings: TrainState) -> TrainState:
     """ShapeDtypeStructs with shardings attached: the restore target for checkpoints."""
     plain = nn.meta.unbox(boxed)
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), plain, shardings
-    )
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), plain, shardings)
