@@ -7,6 +7,7 @@ references written independently of the model code (rotary as complex rotation o
 
 import dataclasses
 import functools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,9 @@ def randomized(params, seed: int):
     reference that skipped either would disagree; kernels keep their well-scaled init."""
 
     def perturb(path, leaf):
-        key = jax.random.fold_in(jax.random.PRNGKey(seed), hash(jax.tree_util.keystr(path)) % 2**31)
+        key = jax.random.fold_in(
+            jax.random.PRNGKey(seed), zlib.crc32(jax.tree_util.keystr(path).encode()) % 2**31
+        )
         if path[-1].key == "scale":
             return 1.0 + 0.3 * jax.random.normal(key, leaf.shape)
         if path[-1].key == "bias":
@@ -335,5 +338,5 @@ def test_remat_keeps_results_and_inserts_checkpoints(scan_blocks):
             expected_policy = None if remat == "full" else jax.checkpoint_policies.dots_saveable
             assert all(p["policy"] is expected_policy for p in checkpoints)
     for remat in ("full", "dots_saveable"):
-        for a, b in zip(jax.tree.leaves(results[remat]), jax.tree.leaves(results["none"])):
+        for a, b in zip(jax.tree.leaves(results[remat]), jax.tree.leaves(results["none"]), strict=True):
             np.testing.assert_allclose(a, b, atol=SAME_ATOL, rtol=SAME_ATOL)
