@@ -92,4 +92,4 @@ def run(cfg: fdl.Buildable, workdir: pathlib.Path) -> dict[str, float]:
     experiment.validate()
     config_text = flatten(cfg)
     config_json = save_config(cfg, workdir, config_text)
-    return loop.train(experiment, workdir, config_json, config_text)
+    return loop.train(experiment, workdir, config_json, {"config": config_text})

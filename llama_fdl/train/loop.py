@@ -39,9 +39,20 @@ def evaluate(eval_fn, params, batches: list[dict]) -> dict[str, float]:
 
 
 def train(
-    experiment: Experiment, workdir: pathlib.Path, config_json: str, config_text: str = ""
+    experiment: Experiment,
+    workdir: pathlib.Path,
+    config_json: str,
+    texts: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Runs (or resumes) the experiment in `workdir`; returns the final eval metrics."""
+    """Runs (or resumes) the experiment in `workdir`; returns the final eval metrics.
+
+    Args:
+      experiment: the built experiment.
+      workdir: the run directory; a checkpoint in it is resumed from.
+      config_json: the experiment's Fiddle JSON, recorded in every checkpoint.
+      texts: name -> text for TensorBoard's text tab (the flattened config, its diff, ...),
+        written when the run starts from scratch.
+    """
     # --- Set up --------------------------------------------------------------------------
     experiment.validate()
     model, mesh, data, trainer = experiment.model, experiment.mesh, experiment.data, experiment.trainer
@@ -63,7 +74,8 @@ def train(
     if latest is None:
         state, _ = state_lib.init_state(model, tx, data.sequence_length, trainer.seed, mesh, parallel)
         print(f"Starting {workdir} from scratch.", flush=True)
-        writer.text(0, "config", config_text)
+        for name, body in (texts or {}).items():
+            writer.text(0, name, body)
     else:
         target = state_lib.unboxed_abstract(boxed, shardings)
         state = ckpt.restore(manager, latest, target, train_iter)
