@@ -27,11 +27,36 @@ from fiddle import absl_flags as fdl_flags  # noqa: E402  (defines --fdl_config,
 
 import experiments  # noqa: E402
 from llama_fdl import runner  # noqa: E402
+from llama_fdl.train import checkpoint as ckpt  # noqa: E402
+from llama_fdl.train import loop  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<experiment name>. Re-running resumes it."
 )
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
+_PROFILE_STEPS = flags.DEFINE_list(
+    "profile_steps", None, "FIRST,LAST: trace these steps with jax.profiler (TensorBoard's profile tab)."
+)
+_PEAK_FLOPS = flags.DEFINE_float(
+    "peak_flops_per_device",
+    None,
+    "Peak FLOP/s of one device for MFU; default: known table, or measured on CPU.",
+)
+
+
+def _run_options() -> loop.RunOptions:
+    profile = None
+    if _PROFILE_STEPS.value:
+        try:
+            first, last = (int(v) for v in _PROFILE_STEPS.value)
+        except ValueError:
+            raise ValueError(
+                f"--profile_steps={','.join(_PROFILE_STEPS.value)} must be two step numbers FIRST,LAST."
+            ) from None
+        if not 1 <= first <= last:
+            raise ValueError(f"--profile_steps={first},{last} needs 1 <= FIRST <= LAST.")
+        profile = (first, last)
+    return loop.RunOptions(profile_steps=profile, peak_flops_per_device=_PEAK_FLOPS.value)
 
 
 def main(argv: list[str]) -> None:
@@ -45,8 +70,15 @@ def main(argv: list[str]) -> None:
         cfg = fdl_flags.create_buildable_from_flags(experiments, allow_imports=True)
         name = runner.experiment_name(flags.FLAGS.fdl_config, flags.FLAGS.fdl_config_file)
         workdir = pathlib.Path(_WORKDIR.value or f"runs/{name}")
-        runner.run(cfg, workdir)
-    except (ValueError, TypeError, FileNotFoundError, runner.RunError) as e:
+        runner.run(cfg, workdir, _run_options())
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        runner.RunError,
+        loop.NonFiniteLoss,
+        ckpt.CheckpointWriteError,
+    ) as e:
         if _TRACEBACK.value:
             raise
         print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)

@@ -85,11 +85,13 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run(cfg: fdl.Buildable, workdir: pathlib.Path) -> dict[str, float]:
+def run(
+    cfg: fdl.Buildable, workdir: pathlib.Path, options: loop.RunOptions | None = None
+) -> dict[str, float]:
     """Saves the graph, builds it and trains; returns the final eval metrics."""
     # Build and validate before touching the run directory, so a bad config leaves nothing behind.
     experiment = fdl.build(cfg)
     experiment.validate()
     config_text = flatten(cfg)
     config_json = save_config(cfg, workdir, config_text)
-    return loop.train(experiment, workdir, config_json, {"config": config_text})
+    return loop.train(experiment, workdir, config_json, {"config": config_text}, options)
