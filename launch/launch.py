@@ -33,6 +33,9 @@ from llama_fdl.train import loop  # noqa: E402
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<experiment name>. Re-running resumes it."
 )
+_START_ELSEWHERE = flags.DEFINE_bool(
+    "start_elsewhere", False, "If --workdir holds a different experiment, run in the next free WORKDIR-N."
+)
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
 _PROFILE_STEPS = flags.DEFINE_list(
     "profile_steps", None, "FIRST,LAST: trace these steps with jax.profiler (TensorBoard's profile tab)."
@@ -70,7 +73,7 @@ def main(argv: list[str]) -> None:
         cfg = fdl_flags.create_buildable_from_flags(experiments, allow_imports=True)
         name = runner.experiment_name(flags.FLAGS.fdl_config, flags.FLAGS.fdl_config_file)
         workdir = pathlib.Path(_WORKDIR.value or f"runs/{name}")
-        runner.run(cfg, workdir, _run_options())
+        runner.run(cfg, workdir, _run_options(), start_elsewhere=_START_ELSEWHERE.value)
     except (
         ValueError,
         TypeError,

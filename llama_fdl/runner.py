@@ -58,15 +58,26 @@ def flatten(cfg: fdl.Buildable) -> str:
     return printing.as_str_flattened(cfg, include_types=False)
 
 
-def save_config(cfg: fdl.Buildable, workdir: pathlib.Path, config_text: str) -> str:
-    """Writes config.json and config.txt, refusing a directory that holds another experiment."""
-    config_json = serialization.dump_json(cfg, indent=2)
+def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:
+    """`workdir` if it is new or holds this experiment; if it holds another one, refuse, or with
+    `start_elsewhere` take the first free `WORKDIR-2`, `WORKDIR-3`, ..."""
+    candidate, n = workdir, 1
+    while (candidate / "config.json").exists() and (candidate / "config.json").read_text() != config_json:
+        if not start_elsewhere:
+            raise RunError(
+                f"{workdir} holds a run of a different experiment (its config.json differs); pass "
+                f"--workdir=NEW_DIR, or --start_elsewhere to use the next free {workdir.name}-N."
+            )
+        n += 1
+        candidate = workdir.with_name(f"{workdir.name}-{n}")
+    if candidate != workdir:
+        print(f"{workdir} holds a different experiment; starting in {candidate} instead.", flush=True)
+    return candidate
+
+
+def save_config(workdir: pathlib.Path, config_json: str, config_text: str) -> None:
+    """Writes config.json (once) and config.txt into the run directory."""
     path = workdir / "config.json"
-    if path.exists() and path.read_text() != config_json:
-        raise RunError(
-            f"{workdir} holds a run of a different experiment (its config.json differs); "
-            f"pass --workdir=NEW_DIR to start this one elsewhere."
-        )
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -76,7 +87,6 @@ def save_config(cfg: fdl.Buildable, workdir: pathlib.Path, config_text: str) -> 
         raise RunError(
             f"Cannot write the run directory {workdir}: {e.strerror}; choose another --workdir."
         ) from e
-    return config_json
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
@@ -86,12 +96,17 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
 
 
 def run(
-    cfg: fdl.Buildable, workdir: pathlib.Path, options: loop.RunOptions | None = None
+    cfg: fdl.Buildable,
+    workdir: pathlib.Path,
+    options: loop.RunOptions | None = None,
+    start_elsewhere: bool = False,
 ) -> dict[str, float]:
     """Saves the graph, builds it and trains; returns the final eval metrics."""
     # Build and validate before touching the run directory, so a bad config leaves nothing behind.
     experiment = fdl.build(cfg)
     experiment.validate()
     config_text = flatten(cfg)
-    config_json = save_config(cfg, workdir, config_text)
+    config_json = serialization.dump_json(cfg, indent=2)
+    workdir = claim_workdir(workdir, config_json, start_elsewhere)
+    save_config(workdir, config_json, config_text)
     return loop.train(experiment, workdir, config_json, {"config": config_text}, options)

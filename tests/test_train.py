@@ -86,6 +86,16 @@ def test_a_different_experiment_in_the_same_workdir_is_refused(tiny_run):
     assert (workdir / "config.json").read_text() == before
 
 
+def test_start_elsewhere_puts_a_different_experiment_next_door(tiny_run):
+    workdir, _ = tiny_run
+    args = ["--fdl_config=experiments.tiny", "--fdl.trainer.num_train_steps=2", f"--workdir={workdir}"]
+    result = launch(*args, "--start_elsewhere")
+    assert result.returncode == 0, result.stderr[-3000:]
+    other = workdir.with_name(workdir.name + "-2")
+    assert f"starting in {other} instead" in result.stdout
+    assert checkpoint_steps(other) == [2] and checkpoint_steps(workdir) == [10, 20]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
