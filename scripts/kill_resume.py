@@ -53,9 +53,9 @@ def _latest(workdir: pathlib.Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_wait_s", type=float, default=4.0, help="longest wait before a kill")
+    parser.add_argument("--max_wait_s", type=float, default=2.0, help="longest wait before a kill")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = pathlib.Path(tempfile.mkdtemp(prefix="kill_resume_"))
