@@ -9,6 +9,7 @@ import difflib
 import pathlib
 
 import fiddle as fdl
+import jax
 from fiddle import printing
 from fiddle.experimental import serialization
 
@@ -67,6 +68,8 @@ def save_config(cfg: fdl.Buildable, workdir: pathlib.Path, config_text: str) -> 
             f"{workdir} holds a run of a different experiment (its config.json differs); "
             f"pass --workdir=NEW_DIR to start this one elsewhere."
         )
+    if jax.process_index() != 0:
+        return config_json  # one writer: processes share the run directory and its temp names
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():

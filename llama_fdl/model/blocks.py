@@ -29,8 +29,8 @@ HEAD_AXES = ("batch", "length", "heads", "head_dim")
 MLP_AXES = ("batch", "length", "mlp")
 
 
-def _kernel_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
-    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+def _kernel_init(names: tuple[str, ...], in_axis=-2, out_axis=-1) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.lecun_normal(in_axis, out_axis), names)
 
 
 def _bias_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
@@ -67,13 +67,18 @@ class SelfAttentionBlock(nn.Module):
             pos_BS = default_positions(batch, seq_len)
 
         h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        # nn.Einsum, not nn.DenseGeneral: DenseGeneral initialises a flattened 2-D kernel and
+        # applies the 3-name logical constraint to it before reshaping, which fails as soon as
+        # a mesh and rules are in scope (google/flax#3676). The kernel [D, N, H], its init
+        # (fan-in D) and the param names are those DenseGeneral had.
         project = functools.partial(
-            nn.DenseGeneral,
-            features=(cfg.num_heads, cfg.head_dim),
+            nn.Einsum,
+            shape=(cfg.embedding_dim, cfg.num_heads, cfg.head_dim),
+            einsum_str="bsd,dnh->bsnh",
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("embed", "heads", "head_dim")),
+            kernel_init=_kernel_init(("embed", "heads", "head_dim"), in_axis=0, out_axis=(1, 2)),
             bias_init=_bias_init(("heads", "head_dim")),
         )
         q_BSNH = project(name="query")(h_BSD)
@@ -97,13 +102,15 @@ class SelfAttentionBlock(nn.Module):
             scale=1.0 / math.sqrt(cfg.head_dim),
             backend=cfg.attention_backend,
         )
-        out_BSD = nn.DenseGeneral(
-            features=cfg.embedding_dim,
-            axis=(-2, -1),
+        # jnp.einsum contracts labels in alphabetical order; "x" (head_dim) after "n" (heads)
+        # keeps the contraction order, and so the float32 results, of the former DenseGeneral.
+        out_BSD = nn.Einsum(
+            shape=(cfg.num_heads, cfg.head_dim, cfg.embedding_dim),
+            einsum_str="bsnx,nxd->bsd",
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("heads", "head_dim", "embed")),
+            kernel_init=_kernel_init(("heads", "head_dim", "embed"), in_axis=(0, 1), out_axis=2),
             bias_init=_bias_init(("embed",)),
             name="out",
         )(o_BSNH)
