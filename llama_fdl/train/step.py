@@ -67,15 +67,24 @@ def split_microbatches(batch: dict, num_microbatches: int, mesh: Mesh, parallel:
 
 
 def loss_and_grads(
-    params, batch: dict, rng: jax.Array, *, model: nn.Module, mesh: Mesh, num_microbatches: int = 1
+    params,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    mesh: Mesh,
+    num_microbatches: int = 1,
+    gather_once: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array], Any]:
     """Mean loss over non-padding tokens, the summed token stats and the gradient of the mean.
 
     With `num_microbatches` k > 1 the batch is cut into k microbatches that run one after the
     other under `jax.lax.scan`, accumulating summed gradients; dividing by the total weight at
     the end gives the gradient of the whole batch's mean. FSDP-sharded parameters are gathered
-    once, before the scan, instead of once per microbatch; each microbatch's gradient is
-    reduce-scattered back into the parameters' own layout, so the accumulator stays sharded.
+    once, before the scan, instead of once per microbatch (`gather_once=False` leaves them to
+    be gathered inside every microbatch, which holds less in memory but moves k times the bytes);
+    each microbatch's gradient is reduce-scattered back into the parameters' own layout, so the
+    accumulator stays sharded.
     """
     parallel = model.config.parallel
     grad_fn = jax.grad(functools.partial(_summed_loss, model=model), has_aux=True)
@@ -83,25 +92,30 @@ def loss_and_grads(
         if num_microbatches == 1:
             grads, stats = grad_fn(params, batch, rng)
         else:
-            grads, stats = _accumulate(grad_fn, params, batch, rng, model, mesh, num_microbatches)
+            grads, stats = _accumulate(
+                grad_fn, params, batch, rng, model, mesh, num_microbatches, gather_once
+            )
     weight = jnp.maximum(stats["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
     return stats["loss_sum"] / weight, stats, grads
 
 
-def _accumulate(grad_fn, params, batch: dict, rng, model: nn.Module, mesh: Mesh, num_microbatches: int):
+def _accumulate(
+    grad_fn, params, batch: dict, rng, model, mesh: Mesh, num_microbatches: int, gather_once: bool
+):
     """Summed gradients and stats over microbatches (see `loss_and_grads`)."""
     parallel = model.config.parallel
     boxed = jax.eval_shape(model.init, jax.random.key(0), batch["decoder_input_tokens"][:1])["params"]
     own = sharding.shardings_of(boxed, mesh, parallel)
-    gathered = sharding.shardings_of(boxed, mesh, parallel, gather_fsdp=True)
-    params_full = jax.lax.with_sharding_constraint(params, gathered)
+    if gather_once:
+        gathered = sharding.shardings_of(boxed, mesh, parallel, gather_fsdp=True)
+        params = jax.lax.with_sharding_constraint(params, gathered)
     microbatches = split_microbatches(batch, num_microbatches, mesh, parallel)
 
     def body(carry, inputs):
         grads_sum, stats_sum = carry
         microbatch, index = inputs
-        grads, stats = grad_fn(params_full, microbatch, jax.random.fold_in(rng, index))
+        grads, stats = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
         grads = jax.lax.with_sharding_constraint(grads, own)
         return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
 
