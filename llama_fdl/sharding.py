@@ -197,7 +197,8 @@ def report(mesh: Mesh, params, optimizer_state=None) -> str:
     so a layout can be read before anything is allocated.
     """
     sizes = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
-    lines = [f"mesh: {sizes} ({mesh.size} devices, {jax.process_count()} processes)"]
+    processes = jax.process_count()
+    lines = [f"mesh: {sizes} ({_count(mesh.size, 'device')}, {_count(processes, 'process')})"]
     rows = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
@@ -229,6 +230,10 @@ def _axis_text(axis) -> str:
     if isinstance(axis, str):
         return axis
     return "(" + ", ".join(axis) + ")"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
 
 
 def _mib(num_bytes: int) -> str:

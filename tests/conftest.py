@@ -34,6 +34,6 @@ def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, time
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_on_cpu_devices():
     return _run_on_cpu_devices

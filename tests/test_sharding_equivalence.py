@@ -27,9 +27,8 @@ NUM_STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def measured(request):
-    run = request.getfixturevalue("run_on_cpu_devices")
-    return run(pathlib.Path(__file__))
+def measured(run_on_cpu_devices):
+    return run_on_cpu_devices(pathlib.Path(__file__))
 
 
 @pytest.mark.parametrize("name", [*MESHES, *(f"remat_{r}" for r in REMATS)])
