@@ -26,7 +26,7 @@ from absl import app, flags, logging  # noqa: E402
 from fiddle import absl_flags as fdl_flags  # noqa: E402  (defines --fdl_config, --fdl_set, ...)
 
 import experiments  # noqa: E402
-from llama_fdl import runner  # noqa: E402
+from llama_fdl import distributed, runner  # noqa: E402  (distributed defines --num_processes, ...)
 from llama_fdl.train import checkpoint as ckpt  # noqa: E402
 from llama_fdl.train import loop  # noqa: E402
 
@@ -69,6 +69,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
     try:
+        distributed.initialize()  # first: jax.distributed must start before any backend does
         runner.check_names(flags.FLAGS.fdl_config, flags.FLAGS.fiddler, experiments)
         cfg = fdl_flags.create_buildable_from_flags(experiments, allow_imports=True)
         name = runner.experiment_name(flags.FLAGS.fdl_config, flags.FLAGS.fdl_config_file)

@@ -9,6 +9,7 @@ import difflib
 import pathlib
 
 import fiddle as fdl
+import jax
 from fiddle import printing
 from fiddle.experimental import serialization
 
@@ -78,6 +79,8 @@ def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool
 def save_config(workdir: pathlib.Path, config_json: str, config_text: str) -> None:
     """Writes config.json (once) and config.txt into the run directory."""
     path = workdir / "config.json"
+    if jax.process_index() != 0:
+        return  # one writer: processes share the run directory and its temp names
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():

@@ -88,12 +88,12 @@ def test_a_different_experiment_in_the_same_workdir_is_refused(tiny_run):
 
 def test_start_elsewhere_puts_a_different_experiment_next_door(tiny_run):
     workdir, _ = tiny_run
-    args = ["--fdl_config=experiments.tiny", "--fdl.trainer.num_train_steps=2", f"--workdir={workdir}"]
+    args = ["--fdl_config=experiments.tiny", "--fdl.trainer.num_train_steps=6", f"--workdir={workdir}"]
     result = launch(*args, "--start_elsewhere")
     assert result.returncode == 0, result.stderr[-3000:]
     other = workdir.with_name(workdir.name + "-2")
     assert f"starting in {other} instead" in result.stdout
-    assert checkpoint_steps(other) == [2] and checkpoint_steps(workdir) == [10, 20]
+    assert checkpoint_steps(other) == [6] and checkpoint_steps(workdir) == [10, 20]
 
 
 @pytest.mark.parametrize(
@@ -102,6 +102,7 @@ def test_start_elsewhere_puts_a_different_experiment_next_door(tiny_run):
         (["--fdl_config=experiments.nope"], "nope"),
         (["--fdl_config=experiments.tiny", "--fdl.model.config.head_dim=7"], "head_dim"),
         (["--fdl_config=experiments.tiny", "--fdl.data.batch_size=0"], "batch_size"),
+        (["--fdl_config=experiments.tiny", "--fdl.trainer.num_train_steps=3"], "warmup_steps"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, expected):

@@ -95,9 +95,9 @@ def register_task(config: DataConfig) -> str:
     return name
 
 
-def local_batch_size(config: DataConfig) -> int:
-    """This process's share of the global batch."""
-    n = jax.process_count()
+def local_batch_size(config: DataConfig, num_shards: int | None = None) -> int:
+    """One process's share of the global batch (of `num_shards` processes, default: this run's)."""
+    n = jax.process_count() if num_shards is None else num_shards
     if config.batch_size % n:
         raise ValueError(
             f"data.batch_size={config.batch_size} is not divisible by the {n} processes; "
@@ -106,10 +106,15 @@ def local_batch_size(config: DataConfig) -> int:
     return config.batch_size // n
 
 
-def packed_dataset(config: DataConfig, split: str) -> tf.data.Dataset:
-    """Packed, batched examples of `split` for this process (its own shard of the data)."""
+def packed_dataset(config: DataConfig, split: str, shard: seqio.ShardInfo | None = None) -> tf.data.Dataset:
+    """Packed, batched examples of `split` for this process (its own shard of the data).
+
+    `shard` defaults to this process's; naming another lets one process read what process
+    `shard.index` of `shard.num_shards` would, batched as that process would batch it.
+    """
     name = register_task(config)
-    shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+    if shard is None:
+        shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
     ds = seqio.get_dataset(
         name,
         task_feature_lengths={"targets": config.sequence_length},
@@ -121,7 +126,7 @@ def packed_dataset(config: DataConfig, split: str) -> tf.data.Dataset:
         seed=config.seed,
         use_cached=False,
     )
-    return ds.batch(local_batch_size(config), drop_remainder=True)
+    return ds.batch(local_batch_size(config, shard.num_shards), drop_remainder=True)
 
 
 def train_iterator(config: DataConfig):

@@ -9,6 +9,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from llama_fdl import sharding
 from llama_fdl.data.config import DataConfig
 from llama_fdl.train.checkpoint import CheckpointConfig
 
@@ -27,11 +28,13 @@ class TrainerConfig:
     """Seed of parameter initialisation and dropout."""
     skip_nonfinite_steps: bool = False
     """On a NaN/Inf loss or gradient, skip that update and go on instead of stopping the run."""
+    num_microbatches: int = 1
+    """Gradient accumulation: each step runs the batch as this many microbatches, one at a time."""
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     """When checkpoints are written and which are kept."""
 
     def __post_init__(self) -> None:
-        for name in ("num_train_steps", "eval_every", "log_every"):
+        for name in ("num_train_steps", "eval_every", "log_every", "num_microbatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)} must be a positive integer.")
 
@@ -60,6 +63,8 @@ class Experiment:
                 f"model.config.vocab_size={model_config.vocab_size} is smaller than the data's "
                 f"vocabulary ({vocab} ids); set it to at least {vocab}."
             )
+        # Building the optimizer checks the schedule against the run length (warmup < steps).
+        self.optimizer(self.trainer.num_train_steps)
         parallel = model_config.parallel
         batch_devices = self.mesh.shape[parallel.data_axis_name] * self.mesh.shape[parallel.fsdp_axis_name]
         if self.data.batch_size % batch_devices:
@@ -67,3 +72,11 @@ class Experiment:
                 f"data.batch_size={self.data.batch_size} is not divisible by the {batch_devices} "
                 f"devices of the data and fsdp mesh axes; use a multiple of {batch_devices}."
             )
+        rows = batch_devices * self.trainer.num_microbatches
+        if self.data.batch_size % rows:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} does not split into "
+                f"trainer.num_microbatches={self.trainer.num_microbatches} microbatches over the "
+                f"{batch_devices} data x fsdp devices; use a batch size that is a multiple of {rows}."
+            )
+        sharding.check_batch_split_by_process(self.mesh, parallel, self.data.batch_size)

@@ -128,17 +128,29 @@ def _train(
         _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))
     _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {mesh.size} device(s).")
+    layout = sharding.report(mesh, state.params, state.opt_state)
+    if jax.process_index() == 0:
+        print(layout, flush=True)
+        (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
     step_fn = jax.jit(
         functools.partial(
-            train_step, model=model, tx=tx, schedule=schedule, skip_nonfinite=trainer.skip_nonfinite_steps
+            train_step,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            mesh=mesh,
+            num_microbatches=trainer.num_microbatches,
+            skip_nonfinite=trainer.skip_nonfinite_steps,
         ),
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    eval_fn = jax.jit(
+        functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
+    )
     tokens_per_step = data.batch_size * data.sequence_length
 
     # --- Loop ----------------------------------------------------------------------------

@@ -1,15 +1,21 @@
 """Pure train and eval steps: the loss, its gradient, the update, and per-step metrics.
 
-Shapes: B = batch, L = sequence length, V = vocabulary.
+Shapes: B = batch, L = sequence length, V = vocabulary, M = microbatches, K = rows per microbatch.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from llama_fdl import sharding
+from llama_fdl.model.config import ParallelConfig
 from llama_fdl.train.state import TrainState
 
 
@@ -38,6 +44,87 @@ def _token_stats(logits_BLV: jax.Array, batch: dict) -> dict[str, jax.Array]:
     }
 
 
+def _summed_loss(params, batch: dict, rng: jax.Array, *, model: nn.Module):
+    """Summed (not mean) cross-entropy, so microbatch gradients add up to the full batch's."""
+    stats = _token_stats(_forward(model, params, batch, train=True, rng=rng), batch)
+    return stats["loss_sum"], stats
+
+
+def split_microbatches(batch: dict, num_microbatches: int, mesh: Mesh, parallel: ParallelConfig) -> dict:
+    """[B, ...] -> [k, B/k, ...] where microbatch i holds global rows i, i + k, i + 2k, ...
+
+    Rows are split over data x fsdp in contiguous blocks, so taking every k-th row gives every
+    device an equal share of each microbatch from the rows it already holds: no data moves.
+    """
+    rows = sharding.batch_sharding(mesh, parallel).spec[0]
+    spec = NamedSharding(mesh, PartitionSpec(None, rows))
+
+    def split(x_B):
+        x_KM = x_B.reshape(x_B.shape[0] // num_microbatches, num_microbatches, *x_B.shape[1:])
+        return jax.lax.with_sharding_constraint(jnp.swapaxes(x_KM, 0, 1), spec)
+
+    return {k: split(v) for k, v in batch.items()}
+
+
+def loss_and_grads(
+    params,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model: nn.Module,
+    mesh: Mesh,
+    num_microbatches: int = 1,
+    gather_once: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+    """Mean loss over non-padding tokens, the summed token stats and the gradient of the mean.
+
+    With `num_microbatches` k > 1 the batch is cut into k microbatches that run one after the
+    other under `jax.lax.scan`, accumulating summed gradients; dividing by the total weight at
+    the end gives the gradient of the whole batch's mean. FSDP-sharded parameters are gathered
+    once, before the scan, instead of once per microbatch (`gather_once=False` leaves them to
+    be gathered inside every microbatch, which holds less in memory but moves k times the bytes);
+    each microbatch's gradient is reduce-scattered back into the parameters' own layout, so the
+    accumulator stays sharded.
+    """
+    parallel = model.config.parallel
+    grad_fn = jax.grad(functools.partial(_summed_loss, model=model), has_aux=True)
+    with sharding.logical_axis_scope(mesh, parallel):
+        if num_microbatches == 1:
+            grads, stats = grad_fn(params, batch, rng)
+        else:
+            grads, stats = _accumulate(
+                grad_fn, params, batch, rng, model, mesh, num_microbatches, gather_once
+            )
+    weight = jnp.maximum(stats["weight_sum"], 1.0)
+    grads = jax.tree.map(lambda g: g / weight, grads)
+    return stats["loss_sum"] / weight, stats, grads
+
+
+def _accumulate(
+    grad_fn, params, batch: dict, rng, model, mesh: Mesh, num_microbatches: int, gather_once: bool
+):
+    """Summed gradients and stats over microbatches (see `loss_and_grads`)."""
+    parallel = model.config.parallel
+    boxed = jax.eval_shape(model.init, jax.random.key(0), batch["decoder_input_tokens"][:1])["params"]
+    own = sharding.shardings_of(boxed, mesh, parallel)
+    if gather_once:
+        gathered = sharding.shardings_of(boxed, mesh, parallel, gather_fsdp=True)
+        params = jax.lax.with_sharding_constraint(params, gathered)
+    microbatches = split_microbatches(batch, num_microbatches, mesh, parallel)
+
+    def body(carry, inputs):
+        grads_sum, stats_sum = carry
+        microbatch, index = inputs
+        grads, stats = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
+        grads = jax.lax.with_sharding_constraint(grads, own)
+        return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
+
+    zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), own)
+    zero_stats = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
+    (grads, stats), _ = jax.lax.scan(body, (zeros, zero_stats), (microbatches, jnp.arange(num_microbatches)))
+    return grads, stats
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -45,21 +132,21 @@ def train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule,
+    mesh: Mesh,
+    num_microbatches: int = 1,
     skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on `batch`; returns the new state and scalar metrics.
 
+    `mesh` is where activations are laid out (by the model's logical constraints);
+    `num_microbatches` splits the batch for gradient accumulation (see `loss_and_grads`).
     With `skip_nonfinite`, a step whose loss or gradient is NaN/Inf leaves params and optimizer
     state unchanged (the step counter still advances, so the data moves on).
     """
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-    def loss_fn(params):
-        logits_BLV = _forward(model, params, batch, train=True, rng=step_rng)
-        stats = _token_stats(logits_BLV, batch)
-        return stats["loss_sum"] / jnp.maximum(stats["weight_sum"], 1.0), stats
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, stats, grads = loss_and_grads(
+        state.params, batch, step_rng, model=model, mesh=mesh, num_microbatches=num_microbatches
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -85,7 +172,8 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, *, model: nn.Module) -> dict[str, jax.Array]:
+def eval_step(params, batch: dict, *, model: nn.Module, mesh: Mesh) -> dict[str, jax.Array]:
     """Summed statistics of one eval batch (dropout off), to be added up over the eval set."""
-    logits_BLV = _forward(model, params, batch, train=False, rng=None)
+    with sharding.logical_axis_scope(mesh, model.config.parallel):
+        logits_BLV = _forward(model, params, batch, train=False, rng=None)
     return _token_stats(logits_BLV, batch)

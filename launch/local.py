@@ -1,0 +1,107 @@
+"""Run N processes of launch/launch.py on this machine, as one multi-process jax job.
+
+    python launch/local.py --num_processes=2 -- --fdl_config=experiments.tiny --workdir=/tmp/tiny2
+
+Everything after `--` goes to every copy of launch.py, which also gets --coordinator_address
+(127.0.0.1 and a free port), --num_processes and --process_id. Process 0's output streams here;
+the others' goes to WORKDIR/process_<i>.log (or a temporary directory without --workdir). If any
+process fails, the rest are stopped and this exits with that process's status, after printing the
+end of its log. --cpu_devices_per_process=K fakes K CPU devices in each process (for trying
+meshes on a laptop); on GPUs leave it unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+_LAUNCH = pathlib.Path(__file__).resolve().with_name("launch.py")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the coordinator binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def commands(num_processes: int, port: int, launch_args: list[str]) -> list[list[str]]:
+    """One launch.py command line per process."""
+    common = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
+    return [
+        [sys.executable, str(_LAUNCH), *launch_args, *common, f"--process_id={i}"]
+        for i in range(num_processes)
+    ]
+
+
+def _workdir(launch_args: list[str]) -> pathlib.Path | None:
+    for arg in launch_args:
+        if arg.startswith("--workdir="):
+            return pathlib.Path(arg.split("=", 1)[1])
+    return None
+
+
+def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int | None = None) -> int:
+    """Starts the processes, waits for all of them; returns 0 or the first failure's status."""
+    env = dict(os.environ)
+    if cpu_devices_per_process:
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cpu_devices_per_process}"
+        ).strip()
+    log_dir = _workdir(launch_args) or pathlib.Path(tempfile.mkdtemp(prefix="llama_fdl_local_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs, logs = [], {}
+    for i, command in enumerate(commands(num_processes, free_port(), launch_args)):
+        if i == 0:
+            procs.append(subprocess.Popen(command, env=env))
+        else:
+            logs[i] = log_dir / f"process_{i}.log"
+            with open(logs[i], "w") as log:
+                procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    status = 0
+    while any(p.poll() is None for p in procs) and not status:
+        time.sleep(0.2)
+        failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+        if failed:
+            index, status = failed[0]
+            # The others would wait for the dead one in their next collective until timing out.
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                p.wait()
+            if index in logs:
+                tail = logs[index].read_text().splitlines()[-20:]
+                print(f"process {index} failed ({status}); end of {logs[index]}:", file=sys.stderr)
+                print("\n".join(tail), file=sys.stderr)
+            else:
+                print(f"process {index} failed ({status}).", file=sys.stderr)
+    if not status:
+        status = next((p.returncode for p in procs if p.returncode), 0)
+    return status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--num_processes", type=int, default=2, help="How many processes to start.")
+    parser.add_argument(
+        "--cpu_devices_per_process", type=int, default=None, help="Fake this many CPU devices per process."
+    )
+    args, rest = parser.parse_known_args()
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if args.num_processes < 1:
+        parser.error(f"--num_processes={args.num_processes} must be at least 1.")
+    sys.exit(run(args.num_processes, rest, args.cpu_devices_per_process))
+
+
+if __name__ == "__main__":
+    main()
