@@ -115,7 +115,7 @@ def set_value(cfg: fdl.Buildable, text: str, label: str) -> None:
     """`PATH=VALUE`: parses VALUE against the annotation at PATH and sets it."""
     path, sep, value_text = text.partition("=")
     if not sep:
-        raise ConfigError(f"`{label}` needs a value: --fdl.PATH=VALUE, e.g. --fdl.model.config.num_blocks=8.")
+        raise ConfigError(f"{label}: needs a value, as in --fdl.model.config.num_blocks=8.")
     try:
         node, name = paths.resolve(cfg, path.strip())
     except ConfigError as e:
@@ -131,7 +131,7 @@ def set_tag(cfg: fdl.Buildable, text: str, label: str) -> None:
     """`TAG=VALUE`: sets every argument tagged TAG (its class name or full name) to VALUE."""
     name, sep, value_text = text.partition("=")
     if not sep:
-        raise ConfigError(f"`{label}` needs a value: --fdl_tag.TAG=VALUE.")
+        raise ConfigError(f"{label}: needs a value, as in --fdl_tag.DType=bfloat16.")
     tags = {t.__name__: t for t in tagging.list_tags(cfg)}
     tags.update({t.name: t for t in tagging.list_tags(cfg)})
     if name not in tags:

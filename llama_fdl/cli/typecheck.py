@@ -96,7 +96,8 @@ def mismatch(owner: str, name: str, ann: Any, value: Any) -> str:
         options = ranked(value, [a for a in typing.get_args(ann) if isinstance(a, str)])
         return f"{owner}.{name} takes {describe(ann)}; nearest to {value!r}: {options[0]!r}"
     got = type(value).__name__ if not isinstance(value, fdl.Buildable) else repr(value).split("(")[0]
-    return f"{owner}.{name} takes {describe(ann)}, not a {got}"
+    article = "an" if got[:1].lower() in "aeiou" else "a"
+    return f"{owner}.{name} takes {describe(ann)}, not {article} {got}"
 
 
 def check_graph(cfg: fdl.Buildable, sources: Mapping[str, str] | None = None) -> None:
