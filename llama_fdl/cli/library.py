@@ -74,17 +74,22 @@ def apply_fiddler(cfg: fdl.Buildable, expression: str, library: types.ModuleType
     """Calls the fiddler `expression` names on `cfg` (it mutates the graph in place)."""
     name, args, kwargs = parse_call(expression, "fiddler")
     fn = _lookup(name, library, library.FIDDLERS, "fiddler")
-    _bind(fn, (cfg, *args), kwargs, label)
+    _bind(fn, (cfg, *args), kwargs, label, skip=1)
     fn(cfg, *args, **kwargs)
 
 
-def _bind(fn: Callable, args: tuple, kwargs: dict, label: str) -> None:
+def _bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:
     """Checks the arguments against the signature, so a bad one is named before anything runs."""
-    signature = inspect.signature(fn)
     try:
-        signature.bind(*args, **kwargs)
+        inspect.signature(fn).bind(*args, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"{label}: {e}; the signature is {fn.__name__}{signature}.") from e
+        raise ConfigError(f"{label}: {e}; it takes {fn.__name__}{_arguments(fn, skip)}.") from e
+
+
+def _arguments(fn: Callable, skip: int) -> str:
+    """`(sequence_length: int = 1024)`: the parameters a user passes, without the graph."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return f"({', '.join(str(p) for p in params)})"
 
 
 def one_line_doc(fn: Callable) -> str:
@@ -100,9 +105,9 @@ def help_text(library: types.ModuleType, cfg: fdl.Buildable | None = None) -> st
     lines += ["", "Fiddlers (--fiddler=NAME or --fiddler='NAME(ARGS)', applied in the order given):"]
     for name in library.FIDDLERS:
         fn = getattr(library, name)
-        params = list(inspect.signature(fn).parameters.values())[1:]
-        signature = f"({', '.join(str(p) for p in params)})" if params else ""
-        lines.append(f"  {name + signature:<{width}}  {one_line_doc(fn)}")
+        lines.append(f"  {name:<{width}}  {one_line_doc(fn)}")
+        if len(inspect.signature(fn).parameters) > 1:
+            lines.append(f"  {'':<{width}}  takes {name}{_arguments(fn, skip=1)}")
     if cfg is None:
         lines += ["", "Add --fdl_config=NAME to see its tags and settings."]
         return "\n".join(lines)
