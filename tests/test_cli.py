@@ -95,8 +95,8 @@ def test_a_config_file_naming_os_system_is_refused(tmp_path, evil_config):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {evil_config} refers to os.system, outside what a config file may use (llama_fdl, "
-        "experiments, fiddle, jax, jaxlib, flax, optax, numpy, seqio, orbax; containers from builtins); "
-        "refusing to load it. (--traceback shows where)"
+        "experiments, jax, jaxlib, flax, optax, numpy, seqio, orbax, Fiddle's config types and container "
+        "builtins); refusing to load it. (--traceback shows where)"
     ]
     assert not (tmp_path / "run").exists()
 

@@ -67,6 +67,16 @@ def test_reaching_through_an_allowed_module_is_refused(tmp_path):
         safe_load.load(_saved(tmp_path, edit=(ADAMW, module)))
 
 
+def test_fiddle_is_limited_to_its_config_types_and_private_helpers_are_refused(tmp_path):
+    # fiddle's own flag helpers import any dotted name; a file must not be able to reach them.
+    helper = '"module": "fiddle._src.absl_flags.utils", "name": "_import_dotted_name"'
+    with pytest.raises(ConfigError, match="_import_dotted_name, outside what"):
+        safe_load.load(_saved(tmp_path, edit=(ADAMW, helper)))
+    private = '"module": "llama_fdl.optim", "name": "_decay_mask"'
+    with pytest.raises(ConfigError, match="_decay_mask, outside what"):
+        safe_load.load(_saved(tmp_path, edit=(ADAMW, private)))
+
+
 def test_builtins_are_limited_to_containers(tmp_path):
     evil = '"module": "builtins", "name": "eval"'
     with pytest.raises(ConfigError, match="builtins.eval"):

@@ -2,9 +2,15 @@
 
 A Fiddle JSON file names Python callables ("pyrefs": module + name), and building the graph calls
 them, so a file from elsewhere could run `os.system`. Every reference is read from the JSON and
-checked against the allowlist before fiddle imports anything; then the load itself runs under a
-PyrefPolicy that checks each imported value again, which catches a name that an allowed module
-merely re-exports (`llama_fdl.train.checkpoint.subprocess`).
+checked before fiddle imports anything; then the load itself runs under a PyrefPolicy that checks
+each imported value again, which catches a name that an allowed module merely re-exports
+(`llama_fdl.train.checkpoint.subprocess`).
+
+What is allowed: anything public defined in `ALLOWED_PACKAGES`, the few Fiddle types a graph is
+made of (not the rest of fiddle, which has helpers that import by name), and container builtins.
+This stops references to anything else and to private helpers; it is not a sandbox: the allowed
+packages are large, and a crafted file could still misuse their public functions (numpy.load of
+a pickle, say). Load config files you would run as code.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from llama_fdl.cli import ConfigError
 ALLOWED_PACKAGES = (
     "llama_fdl",
     "experiments",
-    "fiddle",
     "jax",
     "jaxlib",
     "flax",
@@ -35,12 +40,23 @@ ALLOWED_PACKAGES = (
 """Top-level packages whose callables a config file may reference."""
 ALLOWED_BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "bytes")
 """Builtins fiddle uses to serialize containers; nothing that evaluates or opens anything."""
+FIDDLE_TYPES = (
+    ("fiddle._src.config", "Config"),
+    ("fiddle._src.config", "BuildableTraverserMetadata"),
+    ("fiddle._src.partial", "Partial"),
+    ("fiddle._src.partial", "ArgFactory"),
+    ("fiddle._src.tagging", "TaggedValueCls"),
+)
+"""The Fiddle classes a serialized graph is made of."""
 
 
 def allowed(module: str, name: str) -> bool:
     if module == "builtins":
         return name in ALLOWED_BUILTINS
-    if not name.isidentifier():  # `a.b` would reach through an allowed module to anything it imports
+    if module.split(".")[0] == "fiddle":
+        return (module, name) in FIDDLE_TYPES
+    # `a.b` would reach through an allowed module to anything it imports; `_x` is a private helper.
+    if not name.isidentifier() or name.startswith("_"):
         return False
     return module.split(".")[0] in ALLOWED_PACKAGES
 
@@ -67,7 +83,7 @@ class AllowlistPolicy(serialization.PyrefPolicy):
         if inspect.ismodule(value):
             return False
         home = getattr(value, "__module__", None) or getattr(inspect.getmodule(value), "__name__", "")
-        return home == "builtins" or home.split(".")[0] in ALLOWED_PACKAGES
+        return home.split(".")[0] in ("builtins", "fiddle", *ALLOWED_PACKAGES)
 
     def __str__(self) -> str:
         return "llama_fdl.cli.safe_load.AllowlistPolicy"
@@ -88,7 +104,8 @@ def load(path: str | pathlib.Path) -> fdl.Buildable:
         if not allowed(module, name):
             raise ConfigError(
                 f"{path} refers to {module}.{name}, outside what a config file may use "
-                f"({', '.join(ALLOWED_PACKAGES)}; containers from builtins); refusing to load it."
+                f"({', '.join(ALLOWED_PACKAGES)}, Fiddle's config types and container builtins); "
+                "refusing to load it."
             )
     try:
         cfg = serialization.load_json(text, pyref_policy=AllowlistPolicy())
