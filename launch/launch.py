@@ -6,7 +6,7 @@ Overrides are applied in this order, whatever their order on the command line:
   3. tags: --fdl_tag.NAME=VALUE;
   4. values, in the order given: --fdl_set=PATH=VALUE or the shorthand --fdl.PATH=VALUE.
 --fdl_help lists the experiments, fiddlers, tags and settings. Runtime-only settings (where to
-write, tracebacks) are plain flags; everything that defines the experiment is in the graph and
+write, tracebacks, profiling) are plain flags; everything that defines the experiment is in the graph and
 saved to RUN/config.json, with what the overrides changed in RUN/config_diff.txt.
 """
 
@@ -29,12 +29,38 @@ from fiddle import absl_flags  # noqa: E402, F401  (defines --fdl_config, --fdl_
 import experiments  # noqa: E402
 from llama_fdl import runner  # noqa: E402
 from llama_fdl.cli import ConfigError, diff, library, overrides, safe_load  # noqa: E402
+from llama_fdl.train import checkpoint as ckpt  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<experiment name>. Re-running resumes it."
 )
+_START_ELSEWHERE = flags.DEFINE_bool(
+    "start_elsewhere", False, "If --workdir holds a different experiment, run in the next free WORKDIR-N."
+)
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
+_PROFILE_STEPS = flags.DEFINE_list(
+    "profile_steps", None, "FIRST,LAST: trace these steps with jax.profiler (TensorBoard's profile tab)."
+)
+_PEAK_FLOPS = flags.DEFINE_float(
+    "peak_flops_per_device",
+    None,
+    "Peak FLOP/s of one device for MFU; default: known table, or measured on CPU.",
+)
 FLAGS = flags.FLAGS
+
+
+def _profile_steps() -> tuple[int, int] | None:
+    if not _PROFILE_STEPS.value:
+        return None
+    try:
+        first, last = (int(v) for v in _PROFILE_STEPS.value)
+    except ValueError:
+        raise ValueError(
+            f"--profile_steps={','.join(_PROFILE_STEPS.value)} must be two step numbers FIRST,LAST."
+        ) from None
+    if not 1 <= first <= last:
+        raise ValueError(f"--profile_steps={first},{last} needs 1 <= FIRST <= LAST.")
+    return first, last
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -69,18 +95,35 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
+    # Errors whose message says it all; anything else is a bug and keeps its traceback.
+    for_people = (ValueError, TypeError, FileNotFoundError, runner.RunError, ckpt.CheckpointWriteError)
     try:
         if FLAGS.fdl_help and not (FLAGS.fdl_config or FLAGS.fdl_config_file):
             print(library.help_text(experiments))
             return
+        profile = _profile_steps()
         applied, against = _graph(sys.argv[1:])
         if FLAGS.fdl_help:
             print(library.help_text(experiments, applied.cfg))
             return
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
+        experiment = runner.check(applied.cfg)
+        # The loop brings in TensorFlow: import it only once the experiment has passed its checks.
+        from llama_fdl.train import loop
+
+        for_people += (loop.NonFiniteLoss,)
+        options = loop.RunOptions(profile_steps=profile, peak_flops_per_device=_PEAK_FLOPS.value)
         name = runner.experiment_name(FLAGS.fdl_config, FLAGS.fdl_config_file)
-        runner.run(applied.cfg, pathlib.Path(_WORKDIR.value or f"runs/{name}"), config_diff)
-    except (ValueError, TypeError, FileNotFoundError, runner.RunError) as e:
+        workdir = pathlib.Path(_WORKDIR.value or f"runs/{name}")
+        runner.run(
+            applied.cfg,
+            workdir,
+            options,
+            start_elsewhere=_START_ELSEWHERE.value,
+            config_diff=config_diff,
+            experiment=experiment,
+        )
+    except for_people as e:
         if _TRACEBACK.value:
             raise
         print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
 import fiddle as fdl
 from fiddle.experimental import serialization
@@ -18,6 +19,9 @@ from llama_fdl.data import corpus
 from llama_fdl.data.config import DataConfig
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
+
+if TYPE_CHECKING:
+    from llama_fdl.train import loop
 
 
 class RunError(Exception):
@@ -85,20 +89,33 @@ def _check_eval_fits(data: DataConfig) -> None:
         )
 
 
-def save_config(cfg: fdl.Buildable, workdir: pathlib.Path, config_text: str, config_diff: str) -> str:
-    """Writes the run's experiment files, refusing a directory that holds another experiment.
+def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:
+    """`workdir` if it is new or holds this experiment; if it holds another one, refuse, or with
+    `start_elsewhere` take the first free `WORKDIR-2`, `WORKDIR-3`, ..."""
+    candidate, n = workdir, 1
+    while (candidate / "config.json").exists() and (candidate / "config.json").read_text() != config_json:
+        if not start_elsewhere:
+            raise RunError(
+                f"{workdir} holds a run of a different experiment (its config.json differs); pass "
+                f"--workdir=NEW_DIR, or --start_elsewhere to use the next free {workdir.name}-N."
+            )
+        n += 1
+        candidate = workdir.with_name(f"{workdir.name}-{n}")
+    if candidate != workdir:
+        print(f"{workdir} holds a different experiment; starting in {candidate} instead.", flush=True)
+    return candidate
+
+
+def save_config(
+    cfg: fdl.Buildable, workdir: pathlib.Path, config_json: str, config_text: str, config_diff: str
+) -> None:
+    """Writes the run's experiment files into a run directory that is new or holds this experiment.
 
     config.txt is rewritten on every start; config_diff.txt and config.svg only when the run
     directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
     nothing against itself) keeps the diff of the command that started the run.
     """
-    config_json = serialization.dump_json(cfg, indent=2)
     path = workdir / "config.json"
-    if path.exists() and path.read_text() != config_json:
-        raise RunError(
-            f"{workdir} holds a run of a different experiment (its config.json differs); "
-            f"pass --workdir=NEW_DIR to start this one elsewhere."
-        )
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -114,7 +131,6 @@ def save_config(cfg: fdl.Buildable, workdir: pathlib.Path, config_text: str, con
         raise RunError(
             f"Cannot write the run directory {workdir}: {e.strerror}; choose another --workdir."
         ) from e
-    return config_json
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
@@ -123,19 +139,33 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run(cfg: fdl.Buildable, workdir: pathlib.Path, config_diff: str = "(no base experiment given)"):
-    """Checks the graph, saves it in `workdir`, builds it and trains; returns the final eval metrics.
+def run(
+    cfg: fdl.Buildable,
+    workdir: pathlib.Path,
+    options: loop.RunOptions | None = None,
+    start_elsewhere: bool = False,
+    *,
+    config_diff: str = "(no base experiment given)",
+    experiment: Experiment | None = None,
+) -> dict[str, float]:
+    """Checks the graph, saves it in the run directory, builds it and trains; returns the final eval.
 
     Args:
       cfg: the experiment graph.
       workdir: the run directory; a checkpoint there is resumed from.
+      options: runtime-only settings of the loop (profiling, MFU).
+      start_elsewhere: if `workdir` holds another experiment, use the next free `WORKDIR-N`.
       config_diff: what this run changed against its base experiment (see llama_fdl.cli.diff),
         saved as config_diff.txt and shown in TensorBoard's text tab.
+      experiment: `check(cfg)`, when the caller has already run it.
     """
-    experiment = check(cfg)
+    experiment = experiment if experiment is not None else check(cfg)
     config_text = flatten.as_text(cfg)
-    config_json = save_config(cfg, workdir, config_text, config_diff)
+    config_json = serialization.dump_json(cfg, indent=2)
+    workdir = claim_workdir(workdir, config_json, start_elsewhere)
+    save_config(cfg, workdir, config_json, config_text, config_diff)
     # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
     from llama_fdl.train import loop
 
-    return loop.train(experiment, workdir, config_json, {"config": config_text, "config_diff": config_diff})
+    texts = {"config": config_text, "config_diff": config_diff}
+    return loop.train(experiment, workdir, config_json, texts, options)

@@ -125,8 +125,10 @@ def run_attention_block(config, seed=0):
     x_BSD = jax.random.normal(jax.random.PRNGKey(seed), (2, 10, config.embedding_dim))
     pos_BS = jnp.broadcast_to(jnp.arange(10) * 3 + 5, (2, 10))  # non-trivial rotary angles
     block = SelfAttentionBlock(config)
-    params = randomized(nn.meta.unbox(block.init(jax.random.PRNGKey(1), x_BSD, pos_BS))["params"], seed)
-    out = block.apply({"params": params}, x_BSD, pos_BS)
+    params = randomized(
+        nn.meta.unbox(jax.jit(block.init)(jax.random.PRNGKey(1), x_BSD, pos_BS))["params"], seed
+    )
+    out = jax.jit(block.apply)({"params": params}, x_BSD, pos_BS)
     return np.asarray(x_BSD, np.float64), np.asarray(pos_BS), params, np.asarray(out)
 
 
@@ -180,8 +182,8 @@ def test_ffn_block_is_swiglu(use_bias):
     config = tiny(use_bias=use_bias)
     x_BSD = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 32))
     block = FFNBlock(config)
-    params = randomized(nn.meta.unbox(block.init(jax.random.PRNGKey(1), x_BSD))["params"], 3)
-    out = np.asarray(block.apply({"params": params}, x_BSD))
+    params = randomized(nn.meta.unbox(jax.jit(block.init)(jax.random.PRNGKey(1), x_BSD))["params"], 3)
+    out = np.asarray(jax.jit(block.apply)({"params": params}, x_BSD))
     assert ("bias" in params["gate"]) == use_bias
     np.testing.assert_allclose(
         out, ref_ffn_block(np.asarray(x_BSD, np.float64), params), atol=REF_ATOL, rtol=0

@@ -198,3 +198,46 @@ def test_bad_inputs_are_refused_clearly():
 def test_dataclass_replace_keeps_validation():
     with pytest.raises(ValueError, match="not divisible"):
         dataclasses.replace(tiny(), head_dim=12)
+
+
+# Every logical axis name the model uses; the rules table in llama_fdl.sharding must cover them.
+LOGICAL_PARAM_AXES = {"embed", "heads", "head_dim", "mlp", "vocab", "norm", "layers"}
+
+
+def test_params_use_only_the_documented_logical_axes():
+    boxed = jax.eval_shape(
+        LlamaTransformer(tiny(use_bias=True, qk_norm=True)).init,
+        jax.random.PRNGKey(0),
+        jnp.zeros((1, 4), jnp.int32),
+    )
+    leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert all(isinstance(leaf, nn.Partitioned) for leaf in leaves)
+    assert all(len(leaf.names) == leaf.value.ndim for leaf in leaves)
+    assert set().union(*(leaf.names for leaf in leaves)) == LOGICAL_PARAM_AXES
+
+
+def test_init_and_apply_under_a_mesh_with_partitioning_rules():
+    # Under rules, every boxed param and activation constraint is checked against its rank, which
+    # catches names that do not match the array (flax's DenseGeneral trips on this).
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("vocab", "tensor"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("embed", "fsdp"),
+        ("head_dim", None),
+        ("norm", None),
+        ("layers", None),
+    )
+    config = tiny(use_bias=True, qk_norm=True, mask_across_document_boundaries=True)
+    idx = tokens(2, 8, seed=9)
+    segment_ids = jnp.asarray([[1] * 3 + [2] * 5] * 2)
+    model = LlamaTransformer(config)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        variables = jax.jit(model.init)(jax.random.PRNGKey(0), idx)
+        params = nn.meta.unbox(variables["params"])
+        out = jax.jit(lambda p: model.apply({"params": p}, idx, segment_ids=segment_ids))(params)
+    expected = model.apply({"params": params}, idx, segment_ids=segment_ids)
+    np.testing.assert_allclose(out, expected, atol=SAME_ATOL, rtol=0)

@@ -1,42 +1,18 @@
 """The whole path through the launcher: train, TensorBoard scalars, checkpoints, resume after a kill."""
 
 import os
-import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, str(REPO / "launch" / "launch.py")]
-
-
-def _launch(*args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs
-    )
-
-
-def _scalars(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
-    """Every scalar series in the run directory, read back by TensorBoard's own loader."""
-    acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={event_accumulator.SCALARS: 0})
-    acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
-
-
-def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
-    ckpt = workdir / "checkpoints"
-    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+from launcher import checkpoint_steps, last_line, launch, scalars, start
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs") / "tiny"
-    result = _launch("--fdl_config=experiments.tiny", f"--workdir={workdir}")
+    result = launch("--fdl_config=experiments.tiny", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -45,27 +21,21 @@ def test_run_writes_config_scalars_and_checkpoints(tiny_run):
     workdir, result = tiny_run
     assert (workdir / "config.json").exists() and (workdir / "config.txt").exists()
     assert "model.config.embedding_dim = 32" in (workdir / "config.txt").read_text()
-    scalars = _scalars(workdir)
-    for tag in (
-        "train/loss",
-        "eval/loss",
-        "opt/learning_rate",
-        "opt/grad_norm",
-        "perf/tokens_per_sec",
-    ):
-        assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
-    assert sorted(scalars["eval/loss"]) == [10, 20]
-    assert sorted(scalars["train/loss"]) == [5, 10, 15, 20]
+    series = scalars(workdir)
+    for tag in ("train/loss", "eval/loss", "opt/learning_rate", "opt/grad_norm", "perf/tokens_per_sec"):
+        assert tag in series, f"{tag} missing from {sorted(series)}"
+    assert sorted(series["eval/loss"]) == [10, 20]
+    assert sorted(series["train/loss"]) == [5, 10, 15, 20]
     # It learns: the last train window is well below the first, and below a uniform guess.
-    losses = scalars["train/loss"]
+    losses = series["train/loss"]
     assert losses[20] < losses[5] - 0.3 and losses[20] < np.log(259)
-    assert _checkpoint_steps(workdir) == [10, 20]
+    assert checkpoint_steps(workdir) == [10, 20]
     assert "step     20/20" in result.stdout and "eval at step 20" in result.stdout
 
 
 def test_rerunning_a_finished_run_trains_nothing(tiny_run):
     workdir, _ = tiny_run
-    again = _launch("--fdl_config=experiments.tiny", f"--workdir={workdir}")
+    again = launch("--fdl_config=experiments.tiny", f"--workdir={workdir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming" in again.stdout and "already reached step 20" in again.stdout
     assert "step " not in again.stdout.replace("step 20", "")
@@ -76,46 +46,54 @@ def test_killed_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tm
         "--fdl_config=experiments.tiny",
         "--fdl.trainer.num_train_steps=150",
         "--fdl.trainer.eval_every=150",
+        "--fdl.trainer.log_every=1",
         "--fdl.trainer.checkpoint.every_steps=10",
     ]
-    straight = _launch(*args, f"--workdir={tmp_path / 'straight'}")
+    straight = launch(*args, f"--workdir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*LAUNCH, *args, f"--workdir={workdir}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start(*args, f"--workdir={workdir}")
     deadline = time.time() + 240
-    while not _checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
+    while not checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = _checkpoint_steps(workdir)
+    killed_at = checkpoint_steps(workdir)
     assert killed_at and killed_at[-1] < 150, f"the run was not killed mid-way: {killed_at}"
 
-    resumed = _launch(*args, f"--workdir={workdir}")
+    resumed = launch(*args, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"from the checkpoint at step {killed_at[-1]}" in resumed.stdout
-    assert _checkpoint_steps(workdir)[-1] == 150
-    # Same data, same state: the resumed run ends exactly where the uninterrupted one does.
-    final = _scalars(workdir)["eval/loss"][150]
-    assert final == _scalars(tmp_path / "straight")["eval/loss"][150]
+    assert checkpoint_steps(workdir)[-1] == 150
+    # Same data, same state: from the checkpoint on, every step's loss is bitwise the same.
+    expected, got = scalars(tmp_path / "straight"), scalars(workdir)
+    assert sorted(got["train/loss"]) == list(range(1, 151))
+    for step in range(killed_at[-1] + 1, 151):
+        assert got["train/loss"][step] == expected["train/loss"][step], f"step {step} differs"
+    assert got["eval/loss"][150] == expected["eval/loss"][150]
 
 
 def test_a_different_experiment_in_the_same_workdir_is_refused(tiny_run):
     workdir, _ = tiny_run
     before = (workdir / "config.json").read_text()
-    result = _launch(
+    result = launch(
         "--fdl_config=experiments.tiny", "--fdl.model.config.num_blocks=3", f"--workdir={workdir}"
     )
     assert result.returncode == 1
     assert "different experiment" in result.stderr and "--workdir" in result.stderr
     assert "Traceback" not in result.stderr
     assert (workdir / "config.json").read_text() == before
+
+
+def test_start_elsewhere_puts_a_different_experiment_next_door(tiny_run):
+    workdir, _ = tiny_run
+    args = ["--fdl_config=experiments.tiny", "--fdl.trainer.num_train_steps=2", f"--workdir={workdir}"]
+    result = launch(*args, "--start_elsewhere")
+    assert result.returncode == 0, result.stderr[-3000:]
+    other = workdir.with_name(workdir.name + "-2")
+    assert f"starting in {other} instead" in result.stdout
+    assert checkpoint_steps(other) == [2] and checkpoint_steps(workdir) == [10, 20]
 
 
 @pytest.mark.parametrize(
@@ -127,8 +105,8 @@ def test_a_different_experiment_in_the_same_workdir_is_refused(tiny_run):
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, expected):
-    result = _launch(*args, f"--workdir={tmp_path / 'run'}")
+    result = launch(*args, f"--workdir={tmp_path / 'run'}")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert expected in result.stderr.strip().splitlines()[-1]
+    assert expected in last_line(result.stderr)
     assert not (tmp_path / "run" / "config.json").exists()

@@ -33,6 +33,47 @@ def _kernel_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
     return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
 
 
+class HeadsDense(nn.Module):
+    """A linear map contracting the last `num_contracted` input axes into `features` axes.
+
+    flax's DenseGeneral is not used because it initializes a flattened 2-D kernel and unboxes it
+    with the 3-axis logical names, which fails under a mesh with partitioning rules.
+    """
+
+    features: tuple[int, ...]
+    """Output axes, e.g. (N, H) for q/k/v or (D,) for the output projection."""
+    num_contracted: int
+    """How many trailing input axes are summed over: 1 for D, 2 for (N, H)."""
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...]
+    use_bias: bool
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = self.num_contracted
+        contracted = x.shape[-n_in:]
+        # lecun_normal with the fan-in taken over all contracted axes, as for a flattened kernel.
+        init = nn.initializers.variance_scaling(
+            1.0,
+            "fan_in",
+            "truncated_normal",
+            in_axis=tuple(range(n_in)),
+            out_axis=tuple(range(n_in, n_in + len(self.features))),
+        )
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(init, self.kernel_axes),
+            (*contracted, *self.features),
+            jnp.float32,
+        )
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+        if self.use_bias:
+            bias = self.param("bias", _bias_init(self.bias_axes), self.features, jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def _bias_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
@@ -68,13 +109,13 @@ class SelfAttentionBlock(nn.Module):
 
         h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
         project = functools.partial(
-            nn.DenseGeneral,
+            HeadsDense,
             features=(cfg.num_heads, cfg.head_dim),
+            num_contracted=1,
+            kernel_axes=("embed", "heads", "head_dim"),
+            bias_axes=("heads", "head_dim"),
             use_bias=cfg.use_bias,
             dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("embed", "heads", "head_dim")),
-            bias_init=_bias_init(("heads", "head_dim")),
         )
         q_BSNH = project(name="query")(h_BSD)
         k_BSNH = project(name="key")(h_BSD)
@@ -97,14 +138,13 @@ class SelfAttentionBlock(nn.Module):
             scale=1.0 / math.sqrt(cfg.head_dim),
             backend=cfg.attention_backend,
         )
-        out_BSD = nn.DenseGeneral(
-            features=cfg.embedding_dim,
-            axis=(-2, -1),
+        out_BSD = HeadsDense(
+            features=(cfg.embedding_dim,),
+            num_contracted=2,
+            kernel_axes=("heads", "head_dim", "embed"),
+            bias_axes=("embed",),
             use_bias=cfg.use_bias,
             dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("heads", "head_dim", "embed")),
-            bias_init=_bias_init(("embed",)),
             name="out",
         )(o_BSNH)
         out_BSD = _dropout(cfg, self.train, out_BSD)

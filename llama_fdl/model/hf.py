@@ -186,7 +186,8 @@ def state_dict_from_params(params: Mapping[str, Any], config: LlamaConfig) -> di
         block = params["block_stack"][f"block_{i}"]
         for hf_name, path, layout in _block_entries(config):
             state[f"model.layers.{i}.{hf_name}"] = _ours_to_hf(_get(block, path), layout)
-    return {name: np.ascontiguousarray(np.asarray(w, dtype=np.float32)) for name, w in state.items()}
+    # np.array copies: torch.from_numpy needs writable, contiguous arrays.
+    return {name: np.array(w, dtype=np.float32, order="C") for name, w in state.items()}
 
 
 def import_hf(

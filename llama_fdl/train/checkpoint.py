@@ -10,11 +10,13 @@ interrupted is never listed as a step to restore from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import pathlib
 import subprocess
 
+import jax
 import orbax.checkpoint as ocp
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "fiddle", "seqio", "tensorflow")
@@ -39,15 +41,61 @@ class CheckpointConfig:
 
 
 def make_manager(directory: pathlib.Path, config: CheckpointConfig) -> ocp.CheckpointManager:
+    # Imported here: the handler needs TensorFlow, and this module's config class must not.
+    from llama_fdl.data.iterator_state import TFIteratorHandler
+
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_last,
         keep_period=config.keep_every,
         create=True,
         enable_async_checkpointing=config.async_save,
     )
-    return ocp.CheckpointManager(
-        directory.absolute(), options=options, item_names=("state", "data", "metadata")
-    )
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": TFIteratorHandler(),
+        "metadata": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
+
+
+class IncompatibleCheckpoint(ValueError):
+    """A checkpoint whose parameters do not fit the model being built."""
+
+
+def _leaf_name(path) -> str:
+    """`params/block_stack/blocks/attention/query/kernel`, the same for saved and live trees."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, target) -> None:
+    """Raises IncompatibleCheckpoint naming the first parameter whose shape or presence differs."""
+    saved = manager.item_metadata(step)["state"]
+    saved_shapes = {
+        _leaf_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+    }
+    where = manager.directory / str(step)
+    # Parameters first, so the message names a weight rather than an optimizer moment.
+    leaves = jax.tree_util.tree_flatten_with_path(target)[0]
+    leaves.sort(key=lambda item: not _leaf_name(item[0]).startswith("params/"))
+    for path, leaf in leaves:
+        name = _leaf_name(path)
+        if name not in saved_shapes:
+            raise IncompatibleCheckpoint(
+                f"The checkpoint {where} has no {name}, which this config needs: it was written "
+                f"by a different model; use a new --workdir."
+            )
+        if saved_shapes[name] != tuple(leaf.shape):
+            raise IncompatibleCheckpoint(
+                f"The checkpoint {where} holds {name} of shape {saved_shapes[name]}, but this "
+                f"config needs {tuple(leaf.shape)}: it was written by a different model; use a "
+                f"new --workdir."
+            )
 
 
 def metadata(config_json: str) -> dict:
@@ -72,18 +120,41 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, directory gone, ...)."""
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, iterator, meta: dict, force: bool = False):
+    """Starts saving `step` (the write finishes in the background when async)."""
     from llama_fdl.data.iterator_state import TFIteratorSave
 
-    return manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=TFIteratorSave(iterator),
-            metadata=ocp.args.JsonSave(meta),
-        ),
-        force=force,
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=TFIteratorSave(iterator),
+        metadata=ocp.args.JsonSave(meta),
     )
+    with _write_errors(manager, step):
+        return manager.save(step, args=args, force=force)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until background saves are on disk; their write errors surface here."""
+    with _write_errors(manager, None):
+        manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(manager: ocp.CheckpointManager, step: int | None):
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 -- Orbax and TensorFlow raise their own error types
+        what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason.rsplit("; ", 1)[-1] if "No space left" in reason else reason
+        raise CheckpointWriteError(
+            f"Could not write {what} under {manager.directory} ({reason}); free space or choose "
+            f"another --workdir, then rerun: the last complete checkpoint is kept."
+        ) from e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator):

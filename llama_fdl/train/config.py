@@ -25,6 +25,8 @@ class TrainerConfig:
     """Write train scalars and a console line every this many steps."""
     seed: int = 0
     """Seed of parameter initialisation and dropout."""
+    skip_nonfinite_steps: bool = False
+    """On a NaN/Inf loss or gradient, skip that update and go on instead of stopping the run."""
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     """When checkpoints are written and which are kept."""
 

@@ -1,12 +1,15 @@
 """The train loop: set up, initialise or resume, then step, log, evaluate and checkpoint.
 
 Metrics of step N are fetched from the device only after step N+1 has been dispatched, so the
-host never waits on the device just to log.
+host never waits on the device just to log. A NaN/Inf loss stops the run before anything after
+it is saved; SIGTERM/SIGINT save a checkpoint and return cleanly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import pathlib
 import time
 
@@ -16,10 +19,26 @@ import numpy as np
 from llama_fdl import sharding
 from llama_fdl.data import pipeline
 from llama_fdl.train import checkpoint as ckpt
+from llama_fdl.train import flops
 from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
+from llama_fdl.train.preemption import StopRequest
 from llama_fdl.train.step import eval_step, train_step
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Runtime-only settings: they change how a run is watched, never what it computes."""
+
+    profile_steps: tuple[int, int] | None = None
+    """Trace steps first..last (inclusive) with jax.profiler into RUN/plugins/profile."""
+    peak_flops_per_device: float | None = None
+    """Peak FLOP/s of one device for MFU; None takes the table's value or measures the CPU."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf and the run was stopped."""
 
 
 def evaluate(eval_fn, params, batches: list[dict]) -> dict[str, float]:
@@ -43,6 +62,7 @@ def train(
     workdir: pathlib.Path,
     config_json: str,
     texts: dict[str, str] | None = None,
+    options: RunOptions | None = None,
 ) -> dict[str, float]:
     """Runs (or resumes) the experiment in `workdir`; returns the final eval metrics.
 
@@ -52,9 +72,27 @@ def train(
       config_json: the experiment's Fiddle JSON, recorded in every checkpoint.
       texts: name -> text for TensorBoard's text tab (the flattened config, its diff, ...),
         written when the run starts from scratch.
+      options: runtime-only settings.
     """
     # --- Set up --------------------------------------------------------------------------
     experiment.validate()
+    options = options or RunOptions()
+    stop = StopRequest()  # a signal during set-up or compilation also ends in a clean save
+    stop.install()
+    try:
+        return _train(experiment, workdir, config_json, texts, options, stop)
+    finally:
+        stop.uninstall()
+
+
+def _train(
+    experiment: Experiment,
+    workdir: pathlib.Path,
+    config_json: str,
+    texts: dict[str, str] | None,
+    options: RunOptions,
+    stop: StopRequest,
+) -> dict[str, float]:
     model, mesh, data, trainer = experiment.model, experiment.mesh, experiment.data, experiment.trainer
     parallel = model.config.parallel
     total_steps = trainer.num_train_steps
@@ -67,24 +105,35 @@ def train(
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
 
+    peak, peak_source = options.peak_flops_per_device, "--peak_flops_per_device"
+    if peak is None:
+        peak, peak_source = flops.peak_flops_per_device()
+    flops_causal = flops.flops_per_token(model.config, data.sequence_length, causal=True)
+    flops_full = flops.flops_per_token(model.config, data.sequence_length, causal=False)
+
     # --- Initialise or resume ------------------------------------------------------------
     boxed = state_lib.abstract_state(model, tx, data.sequence_length, trainer.seed)
     shardings = state_lib.state_shardings(boxed, mesh, parallel)
     latest = manager.latest_step()
     if latest is None:
         state, _ = state_lib.init_state(model, tx, data.sequence_length, trainer.seed, mesh, parallel)
-        print(f"Starting {workdir} from scratch.", flush=True)
+        _say(f"Starting {workdir} from scratch.")
         for name, body in (texts or {}).items():
             writer.text(0, name, body)
     else:
         target = state_lib.unboxed_abstract(boxed, shardings)
+        ckpt.check_compatible(manager, latest, target)
         state = ckpt.restore(manager, latest, target, train_iter)
-        print(f"Resuming {workdir} from the checkpoint at step {latest}.", flush=True)
+        writer.resumed_at(latest)
+        _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))
+    _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {mesh.size} device(s).")
 
     # --- Compile -------------------------------------------------------------------------
     step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule),
+        functools.partial(
+            train_step, model=model, tx=tx, schedule=schedule, skip_nonfinite=trainer.skip_nonfinite_steps
+        ),
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -95,62 +144,127 @@ def train(
     # --- Loop ----------------------------------------------------------------------------
     averager = metrics_lib.Averager()
     pending = None  # (step number after the update, device metrics) not yet fetched
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, skipped = time.perf_counter(), 0, 0
     last_eval: dict[str, float] = {}
 
     def finish_step(step: int, device_metrics) -> None:
-        nonlocal window_start, window_steps
-        averager.add(jax.device_get(device_metrics))
+        nonlocal window_start, window_steps, skipped
+        values = jax.device_get(device_metrics)
+        if values.pop("train/nonfinite") > 0:
+            if not trainer.skip_nonfinite_steps:
+                raise NonFiniteLoss(step, float(values["train/loss"]), float(values["opt/grad_norm"]))
+            skipped += 1  # the step changed nothing; keep its NaNs out of the averages
+        else:
+            averager.add(values)
         if step == start + 1:
-            # The first step includes compilation; time throughput from its end.
-            window_start = time.perf_counter()
+            window_start = time.perf_counter()  # the first step includes compilation
         else:
             window_steps += 1
         if step % trainer.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            means = averager.take()
-            step_time = elapsed / max(window_steps, 1)
+            step_time = (time.perf_counter() - window_start) / max(window_steps, 1)
             tokens_per_sec = tokens_per_step / step_time
-            means["perf/step_time_s"] = step_time
-            means["perf/tokens_per_sec"] = tokens_per_sec
-            means["train/perplexity"] = float(np.exp(means["train/loss"]))
+            means = averager.take()
             means.pop("train/tokens", None)
+            if "train/loss" in means:  # absent when every step of the window was skipped
+                means["train/perplexity"] = float(np.exp(means["train/loss"]))
+            means.update(
+                {
+                    "train/skipped_steps": skipped,
+                    "perf/step_time_s": step_time,
+                    "perf/tokens_per_sec": tokens_per_sec,
+                    "perf/mfu": flops.mfu(tokens_per_sec, flops_causal, mesh.size, peak),
+                    "perf/mfu_noncausal_attention": flops.mfu(tokens_per_sec, flops_full, mesh.size, peak),
+                }
+            )
             writer.scalars(step, means)
             metrics_lib.console(
-                step, total_steps, means["train/loss"], tokens_per_sec, (total_steps - step) * step_time
+                step,
+                total_steps,
+                means.get("train/loss", np.nan),
+                tokens_per_sec,
+                (total_steps - step) * step_time,
             )
             window_start, window_steps = time.perf_counter(), 0
 
-    for step in range(start, total_steps):
-        batch = pipeline.to_global(next(train_iter), batch_sh)
-        state, device_metrics = step_fn(state, batch)
-        if pending is not None:
-            finish_step(*pending)
-        pending = (step + 1, device_metrics)
-        done = step + 1
-        if done % trainer.eval_every == 0 or done == total_steps:
-            finish_step(*pending)
-            pending = None
-            last_eval = evaluate(eval_fn, state.params, eval_batches)
-            writer.scalars(done, last_eval)
-            if jax.process_index() == 0:
-                print(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}", flush=True)
-        if done % trainer.checkpoint.every_steps == 0 or done == total_steps:
+    try:
+        for step in range(start, total_steps):
+            done = step + 1
+            if options.profile_steps and done == options.profile_steps[0]:
+                jax.profiler.start_trace(str(workdir))
+            batch = pipeline.to_global(next(train_iter), batch_sh)
+            state, device_metrics = step_fn(state, batch)
             if pending is not None:
                 finish_step(*pending)
+            pending = (done, device_metrics)
+            if options.profile_steps and done == options.profile_steps[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+            evaluating = done % trainer.eval_every == 0 or done == total_steps
+            saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
+            if evaluating or saving or stop.requested:
+                finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
-            ckpt.save(manager, done, state, train_iter, meta, force=True)
-        if pending is None:  # eval and saves are not train throughput
-            window_start, window_steps = time.perf_counter(), 0
-    if pending is not None:
-        finish_step(*pending)
+            if evaluating:
+                last_eval = evaluate(eval_fn, state.params, eval_batches)
+                writer.scalars(done, last_eval)
+                _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
+            if saving or stop.requested:
+                ckpt.save(manager, done, state, train_iter, meta, force=True)
+            if stop.requested:
+                _say(f"{stop.signal_name}: saved the checkpoint at step {done}; rerun to resume.")
+                break
+            if pending is None:  # eval and saves are not train throughput
+                window_start, window_steps = time.perf_counter(), 0
+        if pending is not None:
+            finish_step(*pending)
+    except NonFiniteLoss as e:
+        ckpt.wait(manager)
+        good = manager.latest_step()
+        step, loss, grad_norm = e.args
+        raise NonFiniteLoss(
+            f"Step {step} gave a non-finite loss or gradient (loss {loss}, gradient norm "
+            f"{grad_norm}); stopped without saving it, so the last good checkpoint is step {good}. "
+            f"Lower optimizer.peak_learning_rate, or set trainer.skip_nonfinite_steps=True to skip "
+            f"such steps."
+        ) from None
+    finally:
+        try:
+            ckpt.wait(manager)
+        finally:
+            manager.close()
 
     # --- Finish --------------------------------------------------------------------------
     if start >= total_steps:
         last_eval = evaluate(eval_fn, state.params, eval_batches)
-        print(f"Nothing to do: {workdir} already reached step {start}.", flush=True)
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+        _say(f"Nothing to do: {workdir} already reached step {start}.")
+    if last_eval and int(jax.device_get(state.step)) == total_steps:
+        writer.hparams(_hparams(experiment), {"hparams/eval_loss": last_eval["eval/loss"]})
     writer.close()
     return last_eval
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _hparams(experiment: Experiment) -> dict[str, object]:
+    """The main hyperparameters, flat, for TensorBoard's HParams tab."""
+    config = experiment.model.config
+    hparams: dict[str, object] = {
+        f"model.{k}": v
+        for k, v in dataclasses.asdict(config).items()
+        if isinstance(v, bool | int | float | str)
+    }
+    hparams.update(
+        {
+            "data.batch_size": experiment.data.batch_size,
+            "data.sequence_length": experiment.data.sequence_length,
+            "trainer.num_train_steps": experiment.trainer.num_train_steps,
+        }
+    )
+    # A partial's signature carries its bound values as defaults: set and default values alike.
+    for name, param in inspect.signature(experiment.optimizer).parameters.items():
+        if isinstance(param.default, int | float) and not isinstance(param.default, bool):
+            hparams[f"optimizer.{name}"] = param.default
+    return hparams

@@ -33,6 +33,19 @@ class MetricWriter:
             # Markdown code block keeps the config's alignment in TensorBoard's text tab.
             self._writer.add_text(name, "```\n" + body + "\n```", global_step=step)
 
+    def resumed_at(self, step: int) -> None:
+        """Marks a restart, so TensorBoard drops what a killed run logged after its checkpoint."""
+        if self._writer is not None:
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+            start = Event(step=step + 1, session_log=SessionLog(status=SessionLog.START))
+            self._writer._get_file_writer().add_event(start)
+
+    def hparams(self, hparams: dict[str, object], final_metrics: dict[str, float]) -> None:
+        """One row of TensorBoard's HParams tab: the settings and how the run ended."""
+        if self._writer is not None:
+            self._writer.add_hparams(hparams, final_metrics, name="hparams")
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()

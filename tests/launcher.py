@@ -1,0 +1,46 @@
+"""Helpers for tests that drive the real launcher in subprocesses and read the real outputs."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing import event_accumulator
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = [sys.executable, str(REPO / "launch" / "launch.py")]
+
+
+def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def start(*args: str) -> subprocess.Popen:
+    """The launcher in the background, stdout and stderr merged."""
+    return subprocess.Popen(
+        [*LAUNCH, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
+    """Every scalar series in `logdir`, read back by TensorBoard's own loader."""
+    acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def accumulator(logdir: pathlib.Path) -> event_accumulator.EventAccumulator:
+    acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+    """Complete checkpoints only: Orbax renames a step's directory to its number when done."""
+    ckpt = workdir / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1] if text.strip() else ""
