@@ -6,11 +6,17 @@ Use as `python launch/launch.py --fdl_config=experiments.NAME [--fiddler=FIDDLER
 from experiments.base import base as base
 from experiments.fiddlers import bf16 as bf16
 from experiments.fiddlers import doc_masking as doc_masking
+from experiments.fiddlers import fsdp as fsdp
+from experiments.fiddlers import long_context as long_context
 from experiments.fiddlers import no_scan as no_scan
+from experiments.fiddlers import remat as remat
+from experiments.llama_1b import llama_1b as llama_1b
+from experiments.llama_7b import llama_7b as llama_7b
+from experiments.medium import medium as medium
 from experiments.small import small as small
 from experiments.tiny import tiny as tiny
 
-EXPERIMENTS = ("base", "small", "tiny")
+EXPERIMENTS = ("base", "small", "tiny", "medium", "llama_1b", "llama_7b")
 """Names of the experiment functions, parents first."""
-FIDDLERS = ("bf16", "doc_masking", "no_scan")
+FIDDLERS = ("bf16", "doc_masking", "fsdp", "long_context", "no_scan", "remat")
 """Names of the fiddlers."""

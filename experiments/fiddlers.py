@@ -1,6 +1,13 @@
-"""Fiddlers: functions that mutate an experiment graph in place, applied with --fiddler=NAME."""
+"""Fiddlers: functions that change an experiment graph in place, applied with --fiddler=NAME.
+
+Each changes one aspect and works on every experiment of the library; tests apply each to
+`tiny` and check that it changed the graph and that the result still builds and initialises.
+Fiddlers run before --fdl.PATH=VALUE settings, so a setting on the command line wins.
+"""
 
 import fiddle as fdl
+
+from llama_fdl.model.config import RematPolicy
 
 
 def bf16(cfg: fdl.Config) -> None:
@@ -16,3 +23,30 @@ def no_scan(cfg: fdl.Config) -> None:
 def doc_masking(cfg: fdl.Config) -> None:
     """Attend only within each packed document."""
     cfg.model.config.mask_across_document_boundaries = True
+
+
+def fsdp(cfg: fdl.Config, size: int = -1) -> None:
+    """Shard parameters, optimizer state and the batch over `size` devices (-1: all of them).
+
+    The data axis takes whatever devices are left. The mesh and the model share one
+    ParallelConfig, so this one change lays out both.
+    """
+    parallel = cfg.model.config.parallel
+    parallel.fsdp_axis_size = size
+    parallel.data_axis_size = 1 if size == -1 else -1
+
+
+def remat(cfg: fdl.Config, policy: RematPolicy = "full") -> None:
+    """Recompute each block's activations in the backward pass: less memory, about 1/3 more compute."""
+    cfg.model.config.parallel.remat = policy
+
+
+def long_context(cfg: fdl.Config, sequence_length: int = 1024) -> None:
+    """Train on `sequence_length`-token sequences, keeping the tokens per batch (fewer, longer rows).
+
+    The eval set keeps its size in tokens too, so its loss stays comparable with the parent's.
+    """
+    data = cfg.data
+    tokens_per_batch = data.batch_size * data.sequence_length
+    data.batch_size = max(1, tokens_per_batch // sequence_length)
+    data.sequence_length = sequence_length

@@ -6,7 +6,7 @@ from experiments.base import base
 
 
 def small() -> fdl.Config:
-    """0.87M-parameter Llama (d=128, 4 blocks, head_dim 64), batch 16 x 256 bytes, ~10 min on 2 CPUs.
+    """0.92M-parameter Llama (d=128, 4 blocks, head_dim 64), batch 16 x 256 bytes, ~10 min on 2 CPUs.
 
     At a ten-minute CPU budget a narrower model wins because it sees more tokens (DESIGN.md).
     Expect a final validation loss of about 1.4 nats/byte (byte-frequency baseline: 3.2). Run:

@@ -6,8 +6,11 @@ from experiments.small import small
 
 
 def tiny() -> fdl.Config:
-    """A 2-block d=32 Llama for 20 steps on 64-byte sequences; for tests, not for results. Run:
-    python launch/launch.py --fdl_config=experiments.tiny
+    """A 2-block d=32 Llama for 20 steps on 64-byte sequences: seconds, for tests and smoke checks.
+
+    Small enough that the launcher tests train it several times; it learns (loss falls below a
+    uniform guess) but means nothing as a result. Run:
+      python launch/launch.py --fdl_config=experiments.tiny --workdir=/tmp/tiny
     """
     cfg = small()
     cfg.model.config.embedding_dim = 32

@@ -3,6 +3,9 @@
 Each builder covers one part (model, mesh, optimizer, data, trainer) and `experiment()` wires them
 together. The one `ParallelConfig` node is shared by the model and the mesh, so the mesh axes have
 a single home: setting `model.config.parallel.fsdp_axis_size` also changes the mesh.
+
+Tags name values that a user may want to set by meaning rather than by path
+(`--fdl_tag.DType=bfloat16`, or `fdl.set_tagged(cfg, tag=DType, value=...)` in a notebook).
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from llama_fdl.model import LlamaConfig, LlamaTransformer, ParallelConfig
 from llama_fdl.sharding import build_mesh
 from llama_fdl.train.checkpoint import CheckpointConfig
 from llama_fdl.train.config import Experiment, TrainerConfig
+
+
+class DType(fdl.Tag):
+    """The compute dtype of the model: float32, bfloat16 or float16 (parameters stay float32)."""
 
 
 def parallel() -> fdl.Config[ParallelConfig]:
@@ -38,10 +45,12 @@ def model(
         head_dim=head_dim,
         parallel=parallel_config if parallel_config is not None else parallel(),
     )
+    fdl.add_tag(llama_config, "dtype", DType)
     return fdl.Config(LlamaTransformer, config=llama_config)
 
 
 def mesh(parallel_config: fdl.Config[ParallelConfig]) -> fdl.Config:
+    """The device mesh, laid out by the ParallelConfig the model shares."""
     return fdl.Config(build_mesh, parallel=parallel_config)
 
 
@@ -51,10 +60,12 @@ def optimizer() -> fdl.Partial:
 
 
 def data() -> fdl.Config[DataConfig]:
+    """The stdlib-bytes corpus with DataConfig's defaults (256-token sequences, batch 16)."""
     return fdl.Config(DataConfig)
 
 
 def trainer() -> fdl.Config[TrainerConfig]:
+    """Run length, eval/log intervals and checkpoints, with TrainerConfig's defaults."""
     return fdl.Config(TrainerConfig, checkpoint=fdl.Config(CheckpointConfig))
 
 

@@ -1,19 +1,28 @@
-"""Runs a Fiddle experiment graph in a run directory: checks, saves the config, builds, trains.
+"""Runs a Fiddle experiment graph in a run directory: checks, saves the experiment, builds, trains.
 
-This is where the graph meets the run directory, so it is one of the places Fiddle lives.
+This is where the graph meets the run directory, so it is one of the places Fiddle lives. Every
+check that can fail runs in `check`, before the run directory is touched and before any data is
+loaded or anything compiled, so a bad config leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import difflib
 import pathlib
+import sys
+from typing import TYPE_CHECKING
 
 import fiddle as fdl
 import jax
-from fiddle import printing
 from fiddle.experimental import serialization
 
-from llama_fdl.train import loop
+from llama_fdl.cli import ConfigError, flatten, render, typecheck
+from llama_fdl.data import corpus
+from llama_fdl.data.config import DataConfig
+from llama_fdl.train import state as state_lib
+from llama_fdl.train.config import Experiment
+
+if TYPE_CHECKING:
+    from llama_fdl.train import loop
 
 
 class RunError(Exception):
@@ -29,34 +38,56 @@ def experiment_name(fdl_config: str | None, fdl_config_file: str | None) -> str:
     return "run"
 
 
-def check_names(fdl_config: str | None, fiddlers: list[str], library) -> None:
-    """Refuses an unknown experiment or fiddler of `library`, listing the known ones nearest first."""
-    prefix = library.__name__ + "."
-
-    def check(expression: str, known: tuple[str, ...], kind: str) -> None:
-        name = expression.split("(")[0]
-        if "." in name and not name.startswith(prefix):
-            return  # a fully qualified name from another module; Fiddle imports it
-        short = name.removeprefix(prefix)
-        if short not in known:
-            ranked = sorted(known, key=lambda k: -difflib.SequenceMatcher(None, short, k).ratio())
-            raise RunError(f"Unknown {kind} {name!r}; available: {', '.join(ranked)}.")
-
-    if fdl_config:
-        check(fdl_config, library.EXPERIMENTS, "experiment")
-    for fiddler in fiddlers:
-        check(fiddler, library.FIDDLERS, "fiddler")
-
-
 def one_line(error: BaseException) -> str:
     """The first line of an error's message; the full text is for --traceback."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-def flatten(cfg: fdl.Buildable) -> str:
-    """One `path = value` line per setting; unset fields show their defaults."""
-    return printing.as_str_flattened(cfg, include_types=False)
+def check(cfg: fdl.Buildable) -> Experiment:
+    """Builds the graph and runs every check that needs no data and no compile; returns the build.
+
+    In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
+    the mesh against the devices, ...); cross-part checks (Experiment.validate); the optimizer's
+    schedule against the run length; the evaluation set against the validation split's size; and
+    the model initialised by shape (a trace, not a compile), which catches what only the model
+    code knows, such as an attention backend this platform lacks.
+    """
+    typecheck.check_graph(cfg)
+    experiment = fdl.build(cfg)
+    if not isinstance(experiment, Experiment):
+        raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
+    experiment.validate()
+    tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
+    _check_eval_fits(experiment.data)
+    state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
+    return experiment
+
+
+def _check_eval_fits(data: DataConfig) -> None:
+    """The fixed eval batches must fit in the validation split; counted from file sizes, no TF.
+
+    A packed sequence holds at most sequence_length tokens, and the split holds one token per byte
+    plus one EOS per chunk, so this bound is necessary; packing loses a little more, which
+    `pipeline.eval_batches` still catches exactly once the data is loaded.
+    """
+    files = corpus.list_files(data.root, "validation")
+    chunk = data.sequence_length - 1
+    available = sum(size + -(-size // chunk) for size in (f.stat().st_size for f in files))
+    per_batch = data.batch_size * data.sequence_length
+    needed = data.num_eval_batches * per_batch
+    if needed > available:
+        fits = available // per_batch
+        fix = (
+            f"lower data.num_eval_batches to at most {fits}"
+            if fits
+            else "lower data.sequence_length or data.batch_size"
+        )
+        raise ConfigError(
+            f"data.num_eval_batches={data.num_eval_batches} batches of {data.batch_size}x"
+            f"{data.sequence_length} tokens need {needed:,} validation tokens, but the validation "
+            f"split of {data.root} has at most {available:,}; {fix}."
+        )
 
 
 def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:
@@ -76,15 +107,28 @@ def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool
     return candidate
 
 
-def save_config(workdir: pathlib.Path, config_json: str, config_text: str) -> None:
-    """Writes config.json (once) and config.txt into the run directory."""
+def save_config(
+    cfg: fdl.Buildable, workdir: pathlib.Path, config_json: str, config_text: str, config_diff: str
+) -> None:
+    """Writes the run's experiment files into a run directory that is new or holds this experiment.
+
+    config.txt is rewritten on every start; config_diff.txt and config.svg only when the run
+    directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
+    nothing against itself) keeps the diff of the command that started the run.
+    """
     path = workdir / "config.json"
     if jax.process_index() != 0:
         return  # one writer: processes share the run directory and its temp names
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            _write_atomically(path, config_json)
+            _write_atomically(workdir / "config_diff.txt", config_diff + "\n")
+            picture = render.svg(cfg)
+            if picture is None:
+                print(f"warning: {render.MISSING_DOT}", file=sys.stderr)
+            else:
+                _write_atomically(workdir / "config.svg", picture)
+            _write_atomically(path, config_json)  # last: its presence means the set is complete
         _write_atomically(workdir / "config.txt", config_text + "\n")
     except OSError as e:
         raise RunError(
@@ -103,13 +147,28 @@ def run(
     workdir: pathlib.Path,
     options: loop.RunOptions | None = None,
     start_elsewhere: bool = False,
+    *,
+    config_diff: str = "(no base experiment given)",
+    experiment: Experiment | None = None,
 ) -> dict[str, float]:
-    """Saves the graph, builds it and trains; returns the final eval metrics."""
-    # Build and validate before touching the run directory, so a bad config leaves nothing behind.
-    experiment = fdl.build(cfg)
-    experiment.validate()
-    config_text = flatten(cfg)
+    """Checks the graph, saves it in the run directory, builds it and trains; returns the final eval.
+
+    Args:
+      cfg: the experiment graph.
+      workdir: the run directory; a checkpoint there is resumed from.
+      options: runtime-only settings of the loop (profiling, MFU).
+      start_elsewhere: if `workdir` holds another experiment, use the next free `WORKDIR-N`.
+      config_diff: what this run changed against its base experiment (see llama_fdl.cli.diff),
+        saved as config_diff.txt and shown in TensorBoard's text tab.
+      experiment: `check(cfg)`, when the caller has already run it.
+    """
+    experiment = experiment if experiment is not None else check(cfg)
+    config_text = flatten.as_text(cfg)
     config_json = serialization.dump_json(cfg, indent=2)
     workdir = claim_workdir(workdir, config_json, start_elsewhere)
-    save_config(workdir, config_json, config_text)
-    return loop.train(experiment, workdir, config_json, {"config": config_text}, options)
+    save_config(cfg, workdir, config_json, config_text, config_diff)
+    # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
+    from llama_fdl.train import loop
+
+    texts = {"config": config_text, "config_diff": config_diff}
+    return loop.train(experiment, workdir, config_json, texts, options)

@@ -18,6 +18,7 @@ THIRD_PARTY = {
     "etils": "etils",
     "fiddle": "fiddle",
     "flax": "flax",
+    "graphviz": "graphviz",
     "jax": "jax",
     "nbclient": "nbclient",
     "nbformat": "nbformat",

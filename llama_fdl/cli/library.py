@@ -1,0 +1,119 @@
+"""Experiments and fiddlers by name (`small`, `experiments.small`, `long_context(1024)`), and --fdl_help.
+
+The library is a module with an `EXPERIMENTS` and a `FIDDLERS` tuple of names (see experiments/).
+A dotted name outside it (`mypackage.configs.big`) is imported: whoever types the command line
+chooses what it runs, unlike a config file, which safe_load checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+import types
+from collections.abc import Callable
+from typing import Any
+
+import fiddle as fdl
+from fiddle import tagging
+
+from llama_fdl.cli import ConfigError, flatten
+from llama_fdl.cli.paths import ranked
+
+
+def parse_call(expression: str, kind: str) -> tuple[str, tuple, dict[str, Any]]:
+    """`name` or `name(literal, key=literal)` -> (name, args, kwargs)."""
+    match = re.fullmatch(r"\s*([\w.]+)\s*(\(.*\))?\s*", expression, flags=re.S)
+    if not match:
+        raise ConfigError(f"The {kind} `{expression}` is not a name or a call like `name(arg, key=value)`.")
+    name, call = match.groups()
+    if not call:
+        return name, (), {}
+    try:
+        node = ast.parse(expression.strip(), mode="eval").body
+        assert isinstance(node, ast.Call)
+        args = tuple(ast.literal_eval(a) for a in node.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+        if any(k.arg is None for k in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args):
+            raise ValueError("no * or ** arguments")
+    except (SyntaxError, ValueError, AssertionError) as e:
+        raise ConfigError(
+            f"The {kind} `{expression}` needs literal arguments, like `{name}(1024)` or "
+            f"`{name}(size=4)`; strings need quotes ({type(e).__name__})."
+        ) from e
+    return name, args, kwargs
+
+
+def _lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: str) -> Callable:
+    prefix = library.__name__ + "."
+    short = name.removeprefix(prefix)
+    if short in known:
+        return getattr(library, short)
+    if "." in short and not name.startswith(prefix):
+        module_name, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"Cannot load the {kind} `{name}`: {e}.") from e
+    raise ConfigError(f"Unknown {kind} {name!r}; available: {', '.join(ranked(short, known))}.")
+
+
+def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:
+    """The graph of the experiment `expression` names (and calls with its arguments, if any)."""
+    name, args, kwargs = parse_call(expression, "experiment")
+    fn = _lookup(name, library, library.EXPERIMENTS, "experiment")
+    _bind(fn, args, kwargs, f"--fdl_config={expression}")
+    cfg = fn(*args, **kwargs)
+    if not isinstance(cfg, fdl.Buildable):
+        raise ConfigError(f"--fdl_config={expression} returned a {type(cfg).__name__}, not a fdl.Config.")
+    return cfg
+
+
+def apply_fiddler(cfg: fdl.Buildable, expression: str, library: types.ModuleType, label: str) -> None:
+    """Calls the fiddler `expression` names on `cfg` (it mutates the graph in place)."""
+    name, args, kwargs = parse_call(expression, "fiddler")
+    fn = _lookup(name, library, library.FIDDLERS, "fiddler")
+    _bind(fn, (cfg, *args), kwargs, label, skip=1)
+    fn(cfg, *args, **kwargs)
+
+
+def _bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:
+    """Checks the arguments against the signature, so a bad one is named before anything runs."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{label}: {e}; it takes {fn.__name__}{_arguments(fn, skip)}.") from e
+
+
+def _arguments(fn: Callable, skip: int) -> str:
+    """`(sequence_length: int = 1024)`: the parameters a user passes, without the graph."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return f"({', '.join(str(p) for p in params)})"
+
+
+def one_line_doc(fn: Callable) -> str:
+    return (inspect.getdoc(fn) or "(no docstring)").strip().splitlines()[0]
+
+
+def help_text(library: types.ModuleType, cfg: fdl.Buildable | None = None) -> str:
+    """What --fdl_help prints: the library with one-line docs, then the graph's tags and settings."""
+    lines = [f"Experiments (--fdl_config={library.__name__}.NAME):"]
+    width = max(len(n) for n in library.EXPERIMENTS + library.FIDDLERS)
+    for name in library.EXPERIMENTS:
+        lines.append(f"  {name:<{width}}  {one_line_doc(getattr(library, name))}")
+    lines += ["", "Fiddlers (--fiddler=NAME or --fiddler='NAME(ARGS)', applied in the order given):"]
+    for name in library.FIDDLERS:
+        fn = getattr(library, name)
+        lines.append(f"  {name:<{width}}  {one_line_doc(fn)}")
+        if len(inspect.signature(fn).parameters) > 1:
+            lines.append(f"  {'':<{width}}  takes {name}{_arguments(fn, skip=1)}")
+    if cfg is None:
+        lines += ["", "Add --fdl_config=NAME to see its tags and settings."]
+        return "\n".join(lines)
+    lines += ["", "Tags (--fdl_tag.NAME=VALUE sets every value carrying the tag):"]
+    tags = sorted(tagging.list_tags(cfg), key=lambda t: t.__name__)
+    lines += [f"  {t.__name__:<{width}}  {t.description}" for t in tags] or ["  (none)"]
+    lines += ["", "Settings (--fdl.PATH=VALUE or --fdl_set=PATH=VALUE):"]
+    lines += ["  " + line for line in flatten.as_text(cfg).splitlines()]
+    return "\n".join(lines)
