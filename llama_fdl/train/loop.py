@@ -173,28 +173,23 @@ def _train(
         else:
             window_steps += 1
         if step % trainer.log_every == 0 or step == total_steps:
-            step_time = (time.perf_counter() - window_start) / max(window_steps, 1)
-            tokens_per_sec = tokens_per_step / step_time
             means = averager.take()
             means.pop("train/tokens", None)
             if "train/loss" in means:  # absent when every step of the window was skipped
                 means["train/perplexity"] = float(np.exp(means["train/loss"]))
-            means.update(
-                {
-                    "train/skipped_steps": skipped,
-                    "perf/step_time_s": step_time,
-                    "perf/tokens_per_sec": tokens_per_sec,
-                    "perf/mfu": flops.mfu(tokens_per_sec, flops_causal, mesh.size, peak),
-                    "perf/mfu_noncausal_attention": flops.mfu(tokens_per_sec, flops_full, mesh.size, peak),
-                }
-            )
+            means["train/skipped_steps"] = skipped
+            tokens_per_sec = seconds_left = None  # unknown while only the compiling step was seen
+            if window_steps:
+                step_time = (time.perf_counter() - window_start) / window_steps
+                tokens_per_sec = tokens_per_step / step_time
+                seconds_left = (total_steps - step) * step_time
+                means["perf/step_time_s"] = step_time
+                means["perf/tokens_per_sec"] = tokens_per_sec
+                means["perf/mfu"] = flops.mfu(tokens_per_sec, flops_causal, mesh.size, peak)
+                means["perf/mfu_noncausal_attention"] = flops.mfu(tokens_per_sec, flops_full, mesh.size, peak)
             writer.scalars(step, means)
             metrics_lib.console(
-                step,
-                total_steps,
-                means.get("train/loss", np.nan),
-                tokens_per_sec,
-                (total_steps - step) * step_time,
+                step, total_steps, means.get("train/loss", np.nan), tokens_per_sec, seconds_left
             )
             window_start, window_steps = time.perf_counter(), 0
 

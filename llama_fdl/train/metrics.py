@@ -80,12 +80,16 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def console(step: int, total: int, loss: float, tokens_per_sec: float, seconds_left: float) -> None:
+def console(
+    step: int, total: int, loss: float, tokens_per_sec: float | None, seconds_left: float | None
+) -> None:
+    """`step 100/2000 | loss 2.3108 | 13,379 tok/s | left 9m51s | 10:07:43`; - where unknown."""
     if jax.process_index() != 0:
         return
+    speed = f"{tokens_per_sec:,.0f} tok/s" if tokens_per_sec is not None else "- tok/s"
+    left = format_duration(seconds_left) if seconds_left is not None else "-"
     print(
-        f"step {step:>6}/{total} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s | "
-        f"left {format_duration(seconds_left)} | {time.strftime('%H:%M:%S')}",
+        f"step {step:>6}/{total} | loss {loss:.4f} | {speed} | left {left} | {time.strftime('%H:%M:%S')}",
         file=sys.stdout,
         flush=True,
     )

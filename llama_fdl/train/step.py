@@ -149,7 +149,7 @@ def train_step(
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
@@ -161,8 +161,8 @@ def train_step(
         "train/tokens": stats["weight_sum"],
         "opt/learning_rate": schedule(state.step),
         "opt/grad_norm": grad_norm,
-        "opt/update_norm": optax.global_norm(updates),
-        "opt/param_norm": optax.global_norm(params),
+        "opt/update_norm": optax.tree.norm(updates),
+        "opt/param_norm": optax.tree.norm(params),
         "data/padding_fraction": 1.0 - jnp.mean(batch["decoder_loss_weights"].astype(jnp.float32)),
         # Packed segments are numbered 1..n in each row, so the row maximum counts documents.
         "data/documents_per_batch": jnp.sum(jnp.max(segment_ids_BL, axis=-1)).astype(jnp.float32),
