@@ -30,6 +30,7 @@ import experiments  # noqa: E402
 from llama_fdl import distributed, runner  # noqa: E402  (distributed defines --num_processes, ...)
 from llama_fdl.cli import ConfigError, diff, library, overrides, safe_load  # noqa: E402
 from llama_fdl.train import checkpoint as ckpt  # noqa: E402
+from llama_fdl.train import preemption  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<experiment name>. Re-running resumes it."
@@ -97,8 +98,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
     # Errors whose message says it all; anything else is a bug and keeps its traceback.
     for_people = (ValueError, TypeError, FileNotFoundError, runner.RunError, ckpt.CheckpointWriteError)
+    for_people += (ckpt.UnreadableCheckpoints,)
     try:
         distributed.initialize()  # first: jax.distributed must start before any backend does
+        # After jax.distributed (whose own SIGTERM handler this replaces) and for the whole
+        # process: a signal arriving while the run saves or exits is then recorded, not fatal.
+        stop = preemption.StopRequest()
+        stop.install()
         if FLAGS.fdl_help and not (FLAGS.fdl_config or FLAGS.fdl_config_file):
             print(library.help_text(experiments))
             return
@@ -123,6 +129,7 @@ def main(argv: list[str]) -> None:
             start_elsewhere=_START_ELSEWHERE.value,
             config_diff=config_diff,
             experiment=experiment,
+            stop=stop,
         )
     except for_people as e:
         if _TRACEBACK.value:

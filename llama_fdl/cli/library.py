@@ -75,7 +75,10 @@ def apply_fiddler(cfg: fdl.Buildable, expression: str, library: types.ModuleType
     name, args, kwargs = parse_call(expression, "fiddler")
     fn = _lookup(name, library, library.FIDDLERS, "fiddler")
     _bind(fn, (cfg, *args), kwargs, label, skip=1)
-    fn(cfg, *args, **kwargs)
+    try:
+        fn(cfg, *args, **kwargs)
+    except ValueError as e:  # a fiddler refusing this graph says why; the flag says where
+        raise ConfigError(f"{label}: {e}") from e
 
 
 def _bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:

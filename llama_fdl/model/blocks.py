@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.attention_backends import attend, check_cudnn_available
+from llama_fdl.model.attention_backends import attend
 from llama_fdl.model.config import LlamaConfig
 from llama_fdl.model.norm import RMSNorm
 from llama_fdl.model.rotary import apply_rotary, rotary_angles
@@ -101,8 +101,6 @@ class SelfAttentionBlock(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         dtype = cfg._dtype
-        if cfg.attention_backend == "cudnn":
-            check_cudnn_available(dtype)
         batch, seq_len, _ = x_BSD.shape
         if pos_BS is None:
             pos_BS = default_positions(batch, seq_len)

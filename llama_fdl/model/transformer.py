@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.attention_backends import check_cudnn_available
 from llama_fdl.model.blocks import RESIDUAL_AXES, default_positions
 from llama_fdl.model.config import LlamaConfig
 from llama_fdl.model.masks import resolve_segment_ids
@@ -55,8 +54,6 @@ class LlamaTransformer(nn.Module):
         """
         cfg = self.config
         _check_inputs(idx, pos_idx=pos_idx, document_borders=document_borders, segment_ids=segment_ids)
-        if cfg.attention_backend == "cudnn":
-            check_cudnn_available(cfg._dtype)
         batch, seq_len = idx.shape
         pos_BS = default_positions(batch, seq_len) if pos_idx is None else pos_idx
         segment_ids_BS = resolve_segment_ids(
