@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,8 +13,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, str(REPO / "launch" / "launch.py")]
 
 
-def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def launch(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The launcher to the end; `env` adds variables (e.g. XLA_FLAGS for more CPU devices)."""
+    return subprocess.run(
+        [*LAUNCH, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -93,14 +93,17 @@ def check_compatible(directory: pathlib.Path, target) -> None:
     if not directory.is_dir():
         return
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=_handlers()) as manager:
-        for step in reversed(manager.all_steps()):
-            try:
-                saved = manager.item_metadata(step)["state"]
-            except Exception:  # noqa: BLE001, S112 -- unreadable: restore_newest deals with it
-                continue
-            _compare(saved, target, directory / str(step))
-            return
+    with ocp.CheckpointManager(directory.absolute(), options=options) as manager:
+        steps = list(reversed(manager.all_steps()))
+    for step in steps:
+        try:
+            # The state item's own metadata: no TensorFlow (the data item's handler needs it),
+            # so a refused launch stays quick and quiet.
+            saved = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
+        except Exception:  # noqa: BLE001, S112 -- unreadable: restore_newest deals with it
+            continue
+        _compare(saved, target, directory / str(step))
+        return
 
 
 def _compare(saved, target, where: pathlib.Path) -> None:

@@ -18,7 +18,6 @@ import jax
 import numpy as np
 
 from llama_fdl import sharding
-from llama_fdl.data import pipeline
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import flops, preemption
 from llama_fdl.train import metrics as metrics_lib
@@ -98,6 +97,10 @@ def _train(
     stop: preemption.StopRequest,
 ) -> dict[str, float]:
     # --- Set up --------------------------------------------------------------------------
+    # Imported here, not with the module: TensorFlow (under seqio) takes seconds, and the
+    # launcher imports this module before it knows that the run directory is free.
+    from llama_fdl.data import pipeline
+
     model, mesh, data, trainer = experiment.model, experiment.mesh, experiment.data, experiment.trainer
     parallel = model.config.parallel
     total_steps = trainer.num_train_steps
