@@ -1,7 +1,6 @@
 """The whole path through the launcher: train, TensorBoard scalars, checkpoints, resume after a
 kill, resume in place on another mesh."""
 
-import json
 import os
 import shutil
 import signal
@@ -10,6 +9,8 @@ import time
 import numpy as np
 import pytest
 from launcher import accumulator, checkpoint_steps, launch, scalars, start
+
+from llama_fdl.cli import safe_load
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,8 @@ def test_a_new_mesh_resumes_in_place_saying_what_changed(tiny_run, tmp_path):
     ) in result.stdout
     assert "from the checkpoint at step 10" in result.stdout
     assert "mesh: data=1 x fsdp=2 x tensor=1 (2 devices, 1 process)" in result.stdout
-    saved = json.loads((workdir / "config.json").read_text())  # the graph it now continues with
-    assert '"fsdp_axis_size": 2' in json.dumps(saved)
+    saved = safe_load.load(workdir / "config.json")  # the graph the run now continues with
+    assert saved.model.config.parallel.fsdp_axis_size == 2 and saved.trainer.num_microbatches == 2
     expected, got = scalars(source), scalars(workdir)
     for tag, step in (("train/loss", 15), ("train/loss", 20), ("eval/loss", 20)):
         assert got[tag][step] == pytest.approx(expected[tag][step], rel=RELAYOUT_RTOL), (tag, step)

@@ -5,7 +5,10 @@ Each step is one Orbax composite checkpoint with three items:
   data      the seqio/tf.data iterator of every process (see llama_fdl.data.iterator_state);
   metadata  JSON: the experiment's Fiddle JSON, package versions and the git commit.
 Orbax writes each step into a temporary directory and renames it when complete, so a save that is
-interrupted is never listed as a step to restore from.
+interrupted is never listed as a step to restore from. A complete step that cannot be read back
+(files cut short later) is named, moved to RUN/unreadable_checkpoints/ and skipped for the one
+before it (`restore_newest`). `check_compatible` reads only metadata and writes nothing, so a run
+of another model is refused before the run directory changes.
 """
 
 from __future__ import annotations
