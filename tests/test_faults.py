@@ -5,7 +5,6 @@ Every test drives the real launcher."""
 import hashlib
 import os
 import pathlib
-import random
 import re
 import shutil
 import signal
@@ -44,7 +43,8 @@ def _tree_digest(root: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def test_sigterm_saves_a_checkpoint_exits_zero_and_the_same_command_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
+    """Resuming from such a checkpoint with the same command: tests/test_multiprocess.py."""
     args = [TINY, "--fdl.trainer.num_train_steps=100000", "--fdl.trainer.log_every=1"]
     proc = start(*args, f"--workdir={tmp_path}")
     # Wait until training is under way, then send what a scheduler sends before preempting.
@@ -55,12 +55,6 @@ def test_sigterm_saves_a_checkpoint_exits_zero_and_the_same_command_resumes(tmp_
     saved = checkpoint_steps(tmp_path)
     assert len(saved) == 1 and 0 < saved[0] < 100000
     assert f"SIGTERM: saved the checkpoint at step {saved[0]}" in out
-    proc = start(*args, f"--workdir={tmp_path}")
-    out = _until_training(proc)
-    proc.send_signal(signal.SIGTERM)
-    out += proc.communicate(timeout=120)[0]
-    assert f"from the checkpoint at step {saved[0]}" in out
-    assert checkpoint_steps(tmp_path)[-1] > saved[0]
 
 
 def test_a_second_launch_on_a_busy_run_directory_is_refused_and_ctrl_c_saves(tmp_path):
@@ -87,17 +81,17 @@ def test_a_second_launch_on_a_busy_run_directory_is_refused_and_ctrl_c_saves(tmp
 
 
 def test_a_kill_in_the_middle_of_a_save_never_leaves_a_checkpoint_taken_for_good(tmp_path):
-    """Saves every step, so a SIGKILL at a random moment often lands inside one. Repeat until a
-    half-written step directory is left behind, then show the resume ignores it."""
+    """Saves every step, so a save is nearly always in flight: SIGKILL the moment a temporary
+    step directory is seen (repeat in the rare case the save completed in between), then show
+    the resume ignores the half-written step."""
     args = [TINY, "--fdl.trainer.num_train_steps=100000", "--fdl.trainer.checkpoint.every_steps=1"]
     args.append("--fdl.trainer.checkpoint.keep_last=2")
-    rng = random.Random(0)
     partial = []
     for _ in range(8):
         proc = start(*args, f"--workdir={tmp_path}")
         before = checkpoint_steps(tmp_path)
         _wait_for(lambda b=before: checkpoint_steps(tmp_path) != b, proc)
-        time.sleep(rng.uniform(0.0, 0.3))
+        _wait_for(lambda: any("tmp" in p.name for p in (tmp_path / "checkpoints").iterdir()), proc)
         proc.kill()
         proc.wait()
         partial = [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]

@@ -116,26 +116,38 @@ def test_a_new_mesh_resumes_in_place_saying_what_changed(tiny_run, tmp_path):
     assert abs(expected["train/loss"][15] / expected["train/loss"][10] - 1) > 100 * RELAYOUT_RTOL
 
 
+def _claim(workdir, *settings, start_elsewhere=False):
+    """In-process: which run directory the runner takes for tiny with `settings` (PATH=VALUE)."""
+    from fiddle.experimental import serialization
+
+    import experiments
+    from llama_fdl import runner
+    from llama_fdl.cli import overrides
+
+    todo = [overrides.Override("set", s, f"--fdl.{s}") for s in settings]
+    cfg = overrides.apply(experiments.tiny(), todo, experiments).cfg
+    claim = runner.claim_workdir(workdir, cfg, serialization.dump_json(cfg, indent=2), start_elsewhere)
+    claim.release()
+    return claim
+
+
 def test_a_different_experiment_in_the_same_workdir_is_refused(tiny_run):
+    from llama_fdl import runner
+
     workdir, _ = tiny_run
-    before = (workdir / "config.json").read_text()
-    result = launch(
-        "--fdl_config=experiments.tiny", "--fdl.model.config.num_blocks=3", f"--workdir={workdir}"
-    )
-    assert result.returncode == 1
-    assert "different experiment" in result.stderr and "--workdir" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert (workdir / "config.json").read_text() == before
+    before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+    with pytest.raises(runner.RunError, match="holds a run of a different experiment.*--workdir=NEW_DIR"):
+        _claim(workdir, "model.config.num_blocks=3")
+    assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
+    assert _claim(workdir).workdir == workdir  # control: the same experiment is let in
 
 
-def test_start_elsewhere_puts_a_different_experiment_next_door(tiny_run):
+def test_start_elsewhere_puts_a_different_experiment_next_door(tiny_run, capsys):
     workdir, _ = tiny_run
-    args = ["--fdl_config=experiments.tiny", "--fdl.trainer.num_train_steps=6", f"--workdir={workdir}"]
-    result = launch(*args, "--start_elsewhere")
-    assert result.returncode == 0, result.stderr[-3000:]
+    claim = _claim(workdir, "trainer.num_train_steps=6", start_elsewhere=True)
     other = workdir.with_name(workdir.name + "-2")
-    assert f"starting in {other} instead" in result.stdout
-    assert checkpoint_steps(other) == [6] and checkpoint_steps(workdir) == [10, 20]
+    assert claim.workdir == other and f"starting in {other} instead" in capsys.readouterr().out
+    assert checkpoint_steps(workdir) == [10, 20]
 
 
 @pytest.mark.parametrize(
