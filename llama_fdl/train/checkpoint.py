@@ -243,22 +243,21 @@ def restore_newest(
 
 
 def _move_aside(manager: ocp.CheckpointManager, step: int, say, why: str, resumed: int) -> None:
-    directory = pathlib.Path(manager.directory)
-    target = directory.parent / UNREADABLE_DIR / str(step)
-    n = 1
-    while target.exists():
-        n += 1
-        target = directory.parent / UNREADABLE_DIR / f"{step}-{n}"
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # one mover; the run directory is shared
+        directory = pathlib.Path(manager.directory)
+        target, n = directory.parent / UNREADABLE_DIR / str(step), 1
+        while target.exists():  # the same step may have been damaged before
+            n += 1
+            target = directory.parent / UNREADABLE_DIR / f"{step}-{n}"
         target.parent.mkdir(exist_ok=True)
         (directory / str(step)).rename(target)
+        say(
+            f"The checkpoint at step {step} cannot be read ({why}); resuming from step {resumed}, "
+            f"the newest that restores. Step {step} was moved to {target}, not deleted."
+        )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"llama_fdl: moved checkpoint {step} aside")
     manager.reload()
-    say(
-        f"The checkpoint at step {step} cannot be read ({why}); resuming from step {resumed}, "
-        f"the newest that restores. Step {step} was moved to {target}, not deleted."
-    )
 
 
 def _reason(error: BaseException) -> str:
