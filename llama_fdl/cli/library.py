@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
+import pathlib
 import re
 import types
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from typing import Any
 
 import fiddle as fdl
 from fiddle import tagging
+from fiddle.experimental import auto_config
 
 from llama_fdl.cli import ConfigError, flatten
 from llama_fdl.cli.paths import ranked
@@ -63,6 +66,8 @@ def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:
     """The graph of the experiment `expression` names (and calls with its arguments, if any)."""
     name, args, kwargs = parse_call(expression, "experiment")
     fn = _lookup(name, library, library.EXPERIMENTS, "experiment")
+    if auto_config.is_auto_config(fn):
+        fn = fn.as_buildable  # the function's body, with every call it makes turned into a config
     _bind(fn, args, kwargs, f"--fdl_config={expression}")
     cfg = fn(*args, **kwargs)
     if not isinstance(cfg, fdl.Buildable):
@@ -70,12 +75,48 @@ def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:
     return cfg
 
 
-def apply_fiddler(cfg: fdl.Buildable, expression: str, library: types.ModuleType, label: str) -> None:
-    """Calls the fiddler `expression` names on `cfg` (it mutates the graph in place)."""
-    name, args, kwargs = parse_call(expression, "fiddler")
-    fn = _lookup(name, library, library.FIDDLERS, "fiddler")
+def apply_fiddler(
+    cfg: fdl.Buildable, expression: str, library: types.ModuleType, label: str
+) -> fdl.Buildable:
+    """Calls the fiddler `expression` names on `cfg`; returns the graph it changed or returned.
+
+    A fiddler may change the graph in place and return None, or return a new graph (fiddle
+    allows both). `expression` is a library name, a dotted name, a call with literal arguments,
+    or a file `PATH.py` holding a function named like the file (a run's config_diff.py).
+    """
+    if expression.strip().endswith(".py"):
+        fn, args, kwargs = fiddler_file(expression.strip()), (), {}
+    else:
+        name, args, kwargs = parse_call(expression, "fiddler")
+        fn = _lookup(name, library, library.FIDDLERS, "fiddler")
     _bind(fn, (cfg, *args), kwargs, label, skip=1)
-    fn(cfg, *args, **kwargs)
+    result = fn(cfg, *args, **kwargs)
+    if result is None:
+        return cfg
+    if not isinstance(result, fdl.Buildable):
+        raise ConfigError(
+            f"{label} returned a {type(result).__name__}; a fiddler changes the graph and returns "
+            "None, or returns the new graph."
+        )
+    return result
+
+
+def fiddler_file(path: str) -> Callable:
+    """The function named like the file `path` (`runs/x/config_diff.py` -> `config_diff`)."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--fiddler={path}: no such file; give a .py file such as RUN/config_diff.py.")
+    spec = importlib.util.spec_from_file_location(f"_fiddler_file_{abs(hash(str(file.resolve())))}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, file.stem, None)
+    if not callable(fn):
+        found = [n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_")]
+        raise ConfigError(
+            f"--fiddler={path}: the file defines no function `{file.stem}` (named like the file); "
+            f"it has: {', '.join(found) or 'no functions'}."
+        )
+    return fn
 
 
 def _bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:

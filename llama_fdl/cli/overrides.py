@@ -78,14 +78,18 @@ def from_flags(
 
 
 def apply(cfg: fdl.Buildable, overrides: Sequence[Override], lib: types.ModuleType) -> Applied:
-    """Applies `overrides` to `cfg` in place, in the documented order, and type-checks the result."""
+    """Applies `overrides` to `cfg`, in the documented order, and type-checks the result.
+
+    `cfg` is changed in place, except by a fiddler that returns a new graph instead (fiddle allows
+    both): use the returned `Applied.cfg`.
+    """
     overrides = sorted(overrides, key=lambda o: _ORDER[o.kind])  # stable: keeps the given order
     base = copy.deepcopy(cfg)
     sources: dict[str, list[str]] = {}
     before = flatten.values(cfg)
     for override in overrides:
         if override.kind == "fiddler":
-            library.apply_fiddler(cfg, override.text, lib, override.label)
+            cfg = library.apply_fiddler(cfg, override.text, lib, override.label)
         elif override.kind == "tag":
             set_tag(cfg, override.text, override.label)
         else:
@@ -117,14 +121,22 @@ def set_value(cfg: fdl.Buildable, text: str, label: str) -> None:
     if not sep:
         raise ConfigError(f"{label}: needs a value, as in --fdl.model.config.num_blocks=8.")
     try:
-        node, name = paths.resolve(cfg, path.strip())
+        slot = paths.resolve(cfg, path.strip())
     except ConfigError as e:
         raise ConfigError(f"{label}: {e}") from e
-    ann = typecheck.annotation(node, name)
-    value = parse_value(value_text, ann, label, current=getattr(node, name, None))
+    ann = typecheck.slot_annotation(slot)
+    value = parse_value(value_text, ann, label, current=slot.get())
+    check_and_set(slot, value, label)
+
+
+def check_and_set(slot: paths.Slot, value, label: str) -> None:
+    """Sets `value` at `slot` if the annotation there allows it; else says what it takes."""
+    ann = typecheck.slot_annotation(slot)
     if not typecheck.accepts(ann, value):
-        raise ConfigError(f"{label}: {typecheck.mismatch(paths.describe_node(node), name, ann, value)}.")
-    setattr(node, name, value)
+        where = slot.argument + "".join(f"[{k!r}]" for k in slot.indexes)
+        problem = typecheck.mismatch(paths.describe_node(slot.owner), where, ann, value)
+        raise ConfigError(f"{label}: {problem}.")
+    slot.set(value)
 
 
 def set_tag(cfg: fdl.Buildable, text: str, label: str) -> None:
