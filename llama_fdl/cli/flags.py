@@ -82,3 +82,10 @@ def base_graph(lib: types.ModuleType):
         "Name an experiment: --fdl_config=experiments.NAME or --fdl_config_file=RUN/config.json "
         "(--fdl_help lists the experiments)."
     )
+
+
+def base_flag() -> str:
+    """The flag that named the base graph, as a command line would spell it."""
+    if FDL_CONFIG.value:
+        return f"--fdl_config={FDL_CONFIG.value}"
+    return f"--fdl_config_file={FDL_CONFIG_FILE.value}"

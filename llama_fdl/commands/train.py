@@ -85,6 +85,7 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
             print(library.help_text(experiments, applied.cfg))
             return
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
+        config_code = diff.as_code(applied.base, applied.cfg, base_flag=fdl_flags.base_flag())
         experiment = runner.check(applied.cfg)
         # The loop brings in TensorFlow: import it only once the experiment has passed its checks.
         from llama_fdl.train import loop
@@ -99,6 +100,7 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
             options,
             start_elsewhere=_START_ELSEWHERE.value,
             config_diff=config_diff,
+            config_code=config_code,
             experiment=experiment,
         )
     except for_people as e:
