@@ -48,7 +48,7 @@ def parse_call(expression: str, kind: str) -> tuple[str, tuple, dict[str, Any]]:
     return name, args, kwargs
 
 
-def _lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: str) -> Callable:
+def lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: str) -> Callable:
     prefix = library.__name__ + "."
     short = name.removeprefix(prefix)
     if short in known:
@@ -65,10 +65,10 @@ def _lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: 
 def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:
     """The graph of the experiment `expression` names (and calls with its arguments, if any)."""
     name, args, kwargs = parse_call(expression, "experiment")
-    fn = _lookup(name, library, library.EXPERIMENTS, "experiment")
+    fn = lookup(name, library, library.EXPERIMENTS, "experiment")
     if auto_config.is_auto_config(fn):
         fn = fn.as_buildable  # the function's body, with every call it makes turned into a config
-    _bind(fn, args, kwargs, f"--fdl_config={expression}")
+    bind(fn, args, kwargs, f"--fdl_config={expression}")
     cfg = fn(*args, **kwargs)
     if not isinstance(cfg, fdl.Buildable):
         raise ConfigError(f"--fdl_config={expression} returned a {type(cfg).__name__}, not a fdl.Config.")
@@ -76,20 +76,23 @@ def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:
 
 
 def apply_fiddler(
-    cfg: fdl.Buildable, expression: str, library: types.ModuleType, label: str
+    cfg: fdl.Buildable, expression: str | Callable, library: types.ModuleType, label: str
 ) -> fdl.Buildable:
     """Calls the fiddler `expression` names on `cfg`; returns the graph it changed or returned.
 
     A fiddler may change the graph in place and return None, or return a new graph (fiddle
     allows both). `expression` is a library name, a dotted name, a call with literal arguments,
-    or a file `PATH.py` holding a function named like the file (a run's config_diff.py).
+    or a file `PATH.py` holding a function named like the file (a run's config_diff.py); or,
+    from code, the function itself.
     """
-    if expression.strip().endswith(".py"):
+    if callable(expression):
+        fn, args, kwargs = expression, (), {}
+    elif expression.strip().endswith(".py"):
         fn, args, kwargs = fiddler_file(expression.strip()), (), {}
     else:
         name, args, kwargs = parse_call(expression, "fiddler")
-        fn = _lookup(name, library, library.FIDDLERS, "fiddler")
-    _bind(fn, (cfg, *args), kwargs, label, skip=1)
+        fn = lookup(name, library, library.FIDDLERS, "fiddler")
+    bind(fn, (cfg, *args), kwargs, label, skip=1)
     result = fn(cfg, *args, **kwargs)
     if result is None:
         return cfg
@@ -119,12 +122,14 @@ def fiddler_file(path: str) -> Callable:
     return fn
 
 
-def _bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:
+def bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:
     """Checks the arguments against the signature, so a bad one is named before anything runs."""
     try:
         inspect.signature(fn).bind(*args, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"{label}: {e}; it takes {fn.__name__}{_arguments(fn, skip)}.") from e
+        raise ConfigError(
+            f"{label}: {e}; it takes {getattr(fn, '__name__', fn)}{_arguments(fn, skip)}."
+        ) from e
 
 
 def _arguments(fn: Callable, skip: int) -> str:

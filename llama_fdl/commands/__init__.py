@@ -29,8 +29,17 @@ class Command:
 
 COMMANDS = {
     "train": Command("llama_fdl.commands.train", "train one experiment: --fdl_config=experiments.NAME"),
+    "sweep": Command("llama_fdl.commands.sweep", "run a sweep's points and compare them: --sweep=NAME"),
 }
 """Command name -> where it lives. `help` is built in."""
+
+
+def quiet_logs() -> None:
+    """seqio and Orbax log every step of their set-up at INFO; keep the console for the run."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def run(name: str, args: Sequence[str], prog: str) -> None:

@@ -17,10 +17,10 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import experiments
-from llama_fdl import distributed, runner  # distributed defines --num_processes, ...
+from llama_fdl import commands, distributed, runner  # distributed defines --num_processes, ...
 from llama_fdl.cli import diff, library
 from llama_fdl.cli import flags as fdl_flags
 from llama_fdl.train import checkpoint as ckpt
@@ -62,15 +62,9 @@ def _profile_steps() -> tuple[int, int] | None:
     return first, last
 
 
-def quiet_logs() -> None:
-    if not FLAGS["verbosity"].present:
-        # seqio and Orbax log every step of their set-up at INFO; keep the console for the run.
-        logging.set_verbosity(logging.WARNING)
-
-
 def main(argv: list[str], typed: Sequence[str]) -> None:
     """Runs the experiment the flags describe; `typed` is the command line as typed (for labels)."""
-    quiet_logs()
+    commands.quiet_logs()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
     for_people = FOR_PEOPLE
