@@ -110,8 +110,9 @@ def test_traceback_shows_where_an_error_came_from(tmp_path):
 def test_fdl_help_lists_the_library_tags_and_settings():
     result = _launch("--fdl_help")
     assert result.returncode == 0, result.stderr
-    for name in experiments.EXPERIMENTS + experiments.FIDDLERS:
-        doc = experiments.__dict__[name].__doc__.strip().splitlines()[0]
+    library = [(experiments, n) for n in experiments.EXPERIMENTS + experiments.FIDDLERS]
+    for module, name in library + [(experiments.sweeps, n) for n in experiments.sweeps.SWEEPS]:
+        doc = getattr(module, name).__doc__.strip().splitlines()[0]
         assert doc in result.stdout, f"{name}'s one-line doc is missing from --fdl_help"
     with_config = _launch(TINY, "--fiddler=bf16", "--fdl_help")
     assert with_config.returncode == 0, with_config.stderr

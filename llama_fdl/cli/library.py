@@ -145,7 +145,8 @@ def one_line_doc(fn: Callable) -> str:
 def help_text(library: types.ModuleType, cfg: fdl.Buildable | None = None) -> str:
     """What --fdl_help prints: the library with one-line docs, then the graph's tags and settings."""
     lines = [f"Experiments (--fdl_config={library.__name__}.NAME):"]
-    width = max(len(n) for n in library.EXPERIMENTS + library.FIDDLERS)
+    sweeps = getattr(library, "sweeps", None)  # experiments/sweeps.py, for `llama-fdl sweep`
+    width = max(len(n) for n in library.EXPERIMENTS + library.FIDDLERS + getattr(sweeps, "SWEEPS", ()))
     for name in library.EXPERIMENTS:
         lines.append(f"  {name:<{width}}  {one_line_doc(getattr(library, name))}")
     lines += ["", "Fiddlers (--fiddler=NAME or --fiddler='NAME(ARGS)', applied in the order given):"]
@@ -154,6 +155,9 @@ def help_text(library: types.ModuleType, cfg: fdl.Buildable | None = None) -> st
         lines.append(f"  {name:<{width}}  {one_line_doc(fn)}")
         if len(inspect.signature(fn).parameters) > 1:
             lines.append(f"  {'':<{width}}  takes {name}{_arguments(fn, skip=1)}")
+    if sweeps is not None:
+        lines += ["", f"Sweeps (llama-fdl sweep --sweep={sweeps.__name__}.NAME):"]
+        lines += [f"  {name:<{width}}  {one_line_doc(getattr(sweeps, name))}" for name in sweeps.SWEEPS]
     if cfg is None:
         lines += ["", "Add --fdl_config=NAME to see its tags and settings."]
         return "\n".join(lines)
