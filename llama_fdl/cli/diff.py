@@ -85,13 +85,17 @@ def as_code(old: fdl.Buildable, new: fdl.Buildable, base_flag: str, name: str = 
       base_flag: the flag that names `old` (`--fdl_config=experiments.small`), for the docstring.
       name: the function's name; `--fiddler=PATH/NAME.py` finds a function named like its file.
     """
-    diff = diffing.build_diff(old, new)
-    code = codegen_diff.fiddler_from_diff(diff, old=old, func_name=name, variable_naming="short").code
+    try:
+        diff = diffing.build_diff(old, new)
+        code = codegen_diff.fiddler_from_diff(diff, old=old, func_name=name, variable_naming="short").code
+        same = reproduces(code, name, old, new)
+    except Exception:  # noqa: BLE001  (the file is a convenience; a codegen failure must not stop a run)
+        same = False
     usage = (
         f"Run it again:  llama-fdl train {base_flag} --fiddler=RUN/config_diff.py\n"
         "(RUN: this run's directory), or copy the function into experiments/ as a fiddler."
     )
-    if not reproduces(code, name, old, new):
+    if not same:
         return (
             f'"""fiddle\'s codegen could not reproduce this run\'s changes against {base_flag} as a '
             f'fiddler;\nconfig.json holds the exact graph (--fdl_config_file=RUN/config.json)."""\n'

@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(help_text(topic))
         return
     if name not in COMMANDS:
-        hint = " (flags come after the command, e.g. llama-fdl train --fdl_config=...)"
+        hint = (
+            " Flags come after the command: llama-fdl train --fdl_config=..." if name.startswith("-") else ""
+        )
         sys.exit(f"error: Unknown command {name!r}; commands: {', '.join(COMMANDS)}, help.{hint}")
     run(name, argv[1:], prog=f"llama-fdl {name}")
