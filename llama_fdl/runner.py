@@ -108,12 +108,17 @@ def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool
 
 
 def save_config(
-    cfg: fdl.Buildable, workdir: pathlib.Path, config_json: str, config_text: str, config_diff: str
+    cfg: fdl.Buildable,
+    workdir: pathlib.Path,
+    config_json: str,
+    config_text: str,
+    config_diff: str,
+    config_code: str | None = None,
 ) -> None:
     """Writes the run's experiment files into a run directory that is new or holds this experiment.
 
-    config.txt is rewritten on every start; config_diff.txt and config.svg only when the run
-    directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
+    config.txt is rewritten on every start; config_diff.txt, config_diff.py and config.svg only
+    when the run directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
     nothing against itself) keeps the diff of the command that started the run.
     """
     path = workdir / "config.json"
@@ -123,6 +128,8 @@ def save_config(
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _write_atomically(workdir / "config_diff.txt", config_diff + "\n")
+            if config_code is not None:
+                _write_atomically(workdir / "config_diff.py", config_code)
             picture = render.svg(cfg)
             if picture is None:
                 print(f"warning: {render.MISSING_DOT}", file=sys.stderr)
@@ -149,6 +156,7 @@ def run(
     start_elsewhere: bool = False,
     *,
     config_diff: str = "(no base experiment given)",
+    config_code: str | None = None,
     experiment: Experiment | None = None,
 ) -> dict[str, float]:
     """Checks the graph, saves it in the run directory, builds it and trains; returns the final eval.
@@ -160,13 +168,14 @@ def run(
       start_elsewhere: if `workdir` holds another experiment, use the next free `WORKDIR-N`.
       config_diff: what this run changed against its base experiment (see llama_fdl.cli.diff),
         saved as config_diff.txt and shown in TensorBoard's text tab.
+      config_code: the same as a fiddler (llama_fdl.cli.diff.as_code), saved as config_diff.py.
       experiment: `check(cfg)`, when the caller has already run it.
     """
     experiment = experiment if experiment is not None else check(cfg)
     config_text = flatten.as_text(cfg)
     config_json = serialization.dump_json(cfg, indent=2)
     workdir = claim_workdir(workdir, config_json, start_elsewhere)
-    save_config(cfg, workdir, config_json, config_text, config_diff)
+    save_config(cfg, workdir, config_json, config_text, config_diff, config_code)
     # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
     from llama_fdl.train import loop
 

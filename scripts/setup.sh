@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates or updates .venv with llama_fdl installed (editable). Pass "test" to add the test extra.
+# Creates or updates .venv with llama_fdl installed (editable) at the versions of constraints.txt.
+# Pass "test" to add the test extra.
 # Also installs graphviz's `dot` (it draws each run's config.svg) when it is missing and apt can.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +24,9 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# constraints.txt pins every package to the known-good set; setup.cfg itself asks only for floors.
 if [ "${1:-}" = "test" ]; then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -c constraints.txt -e .
 fi

@@ -25,6 +25,7 @@ THIRD_PARTY = {
     "numpy": "numpy",
     "optax": "optax",
     "orbax": "orbax-checkpoint",
+    "packaging": "packaging",
     "pytest": "pytest",
     "safetensors": "safetensors",
     "seqio": "seqio",

@@ -35,6 +35,8 @@ class RunOptions:
     """Trace steps first..last (inclusive) with jax.profiler into RUN/plugins/profile."""
     peak_flops_per_device: float | None = None
     """Peak FLOP/s of one device for MFU; None takes the table's value or measures the CPU."""
+    hparams: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
+    """More columns for TensorBoard's HParams tab (a sweep adds its point and what it varies)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -245,7 +247,8 @@ def _train(
         last_eval = evaluate(eval_fn, state.params, eval_batches)
         _say(f"Nothing to do: {workdir} already reached step {start}.")
     if last_eval and int(jax.device_get(state.step)) == total_steps:
-        writer.hparams(_hparams(experiment), {"hparams/eval_loss": last_eval["eval/loss"]})
+        hparams = {**_hparams(experiment), **options.hparams}
+        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
     writer.close()
     return last_eval
 
