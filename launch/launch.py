@@ -23,11 +23,15 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
+from llama_fdl import host_memory  # noqa: E402
+
+host_memory.reexec_with_huge_pages()  # first: glibc reads the malloc tunable only at start-up
+
 from absl import app, flags, logging  # noqa: E402
 from fiddle import absl_flags  # noqa: E402, F401  (defines --fdl_config, --fdl_set, --fiddler, ...)
 
 import experiments  # noqa: E402
-from llama_fdl import distributed, runner  # noqa: E402  (distributed defines --num_processes, ...)
+from llama_fdl import compilation_cache, distributed, runner  # noqa: E402  (distributed: --num_processes, ...)
 from llama_fdl.cli import ConfigError, diff, library, overrides, safe_load  # noqa: E402
 from llama_fdl.train import checkpoint as ckpt  # noqa: E402
 
@@ -45,6 +49,20 @@ _PEAK_FLOPS = flags.DEFINE_float(
     "peak_flops_per_device",
     None,
     "Peak FLOP/s of one device for MFU; default: known table, or measured on CPU.",
+)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Check the experiment and compile its train step for these devices, then print parameters, "
+    "FLOPs per token and memory per device and whether it fits; train nothing, write nothing.",
+)
+_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True, "Save compiled programs in --compilation_cache_dir and reuse them."
+)
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    str(compilation_cache.default_dir()),
+    "Directory of JAX's persistent compilation cache.",
 )
 FLAGS = flags.FLAGS
 
@@ -109,6 +127,18 @@ def main(argv: list[str]) -> None:
             return
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
         experiment = runner.check(applied.cfg)
+        if _CACHE.value:
+            compilation_cache.enable(_CACHE_DIR.value)
+        if _DRY_RUN.value:
+            report = runner.dry_run(experiment)
+            print(report.text())
+            if report.fits is False:
+                raise runner.RunError(
+                    "The train step does not fit in a device's memory; spread it over more devices "
+                    "(model.config.parallel.fsdp_axis_size), or lower the memory it needs "
+                    "(model.config.parallel.remat, trainer.num_microbatches, data.batch_size)."
+                )
+            return
         # The loop brings in TensorFlow: import it only once the experiment has passed its checks.
         from llama_fdl.train import loop
 
