@@ -10,7 +10,8 @@ parameters on both sides (torch.autocast for HF).
 
 They run in one process, in alternating rounds of a few steps each (which side goes first
 alternates too), so that load from other processes falls on both; the ratio is the median of
-the per-round ratios of tokens/s. Run `python -m benchmarks.step_vs_hf --help`.
+the per-round ratios of tokens/s. Both use as many threads as the process may run on, so
+`taskset -c 1 python -m benchmarks.step_vs_hf` compares them on one core. Run with `--help`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -79,6 +81,9 @@ def hf_step(shape: shapes_lib.Shape, dtype: str = "float32") -> Callable[[], Non
 
     from llama_fdl.model import hf_config_from_llama
 
+    # As many threads as this process may run on, as XLA's pool has (see `taskset -c 1` in
+    # docs/PERFORMANCE.md for the one-core comparison).
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM._from_config(
         hf_config_from_llama(shape.llama_config()), attn_implementation="sdpa"
