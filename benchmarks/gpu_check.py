@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         + memory.generated_code_size_in_bytes
     )
     limit, limit_source = aot.device_memory(device)
+    print(f"dry-run estimate: {estimate / 2**30:.2f} GiB per device", flush=True)  # before any OOM
 
     state, _ = state_lib.init_state(model, tx, seq_len, 0, mesh, config.parallel)
     shape = dataclasses.replace(shapes_lib.TOY, vocab_size=config.vocab_size, batch_size=batch_size)
