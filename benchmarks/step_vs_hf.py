@@ -52,6 +52,9 @@ class StepComparison:
     fdl_matmul_fraction: float
     """llama_fdl's achieved FLOP/s over JAX's own float32 matmul rate, measured in the same run."""
     fdl_compile_s: float
+    cpu_ratio: float
+    """Median over rounds of HF's process CPU time per step over llama_fdl's: with one thread
+    per side (`taskset -c 1`), the comparison that load from other processes does not skew."""
 
 
 def llama_fdl_step(shape: shapes_lib.Shape, dtype: str = "float32") -> tuple[Callable[[], None], float]:
@@ -142,13 +145,15 @@ def compare(
     hf = hf_step(shape, dtype)
     fdl()
     times: dict[str, list[float]] = {"fdl": [], "hf": []}
+    cpu: dict[str, list[float]] = {"fdl": [], "hf": []}
     for r in range(rounds):
         order = [("fdl", fdl), ("hf", hf)]
         for side, run in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 run()
             times[side].append((time.perf_counter() - start) / steps)
+            cpu[side].append((time.process_time() - start_cpu) / steps)
     tokens = shape.tokens_per_step
     fdl_tps = tokens / statistics.median(times["fdl"])
     hf_tps = tokens / statistics.median(times["hf"])
@@ -164,6 +169,7 @@ def compare(
         hf_gflops=hf_tps * shape.flops_per_token / 1e9,
         fdl_matmul_fraction=fdl_tps * shape.flops_per_token / matmul_flops,
         fdl_compile_s=compile_s,
+        cpu_ratio=statistics.median(h / f for f, h in zip(cpu["fdl"], cpu["hf"], strict=True)),
     )
 
 
@@ -171,14 +177,14 @@ def table(results: list[StepComparison], shapes: dict[str, shapes_lib.Shape]) ->
     """The results as a markdown table."""
     lines = [
         "| shape | params | dtype | llama_fdl tokens/s | HF tokens/s | llama_fdl / HF | "
-        "llama_fdl GFLOP/s | HF GFLOP/s | of JAX matmul rate |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "llama_fdl GFLOP/s | HF GFLOP/s | of JAX matmul rate | CPU time HF / llama_fdl |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
             f"| {r.shape} ({shapes[r.shape].describe()}) | {r.num_params / 1e6:.2f}M | {r.dtype} | "
             f"{r.fdl_tokens_per_s:,.0f} | {r.hf_tokens_per_s:,.0f} | **{r.ratio:.2f}x** | "
-            f"{r.fdl_gflops:.1f} | {r.hf_gflops:.1f} | {r.fdl_matmul_fraction:.2f} |"
+            f"{r.fdl_gflops:.1f} | {r.hf_gflops:.1f} | {r.fdl_matmul_fraction:.2f} | {r.cpu_ratio:.2f} |"
         )
     return "\n".join(lines)
 
