@@ -134,19 +134,21 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    compiled = aot.compile_train_step(
-        model,
-        tx,
-        schedule,
-        mesh,
-        batch_size=data.batch_size,
-        sequence_length=data.sequence_length,
-        seed=trainer.seed,
-        num_microbatches=trainer.num_microbatches,
-        skip_nonfinite=trainer.skip_nonfinite_steps,
-    )
-    _say(compiled.describe())
-    step_fn = compiled.step
+    step_fn = None  # a finished run has no step to compile
+    if start < total_steps:
+        compiled = aot.compile_train_step(
+            model,
+            tx,
+            schedule,
+            mesh,
+            batch_size=data.batch_size,
+            sequence_length=data.sequence_length,
+            seed=trainer.seed,
+            num_microbatches=trainer.num_microbatches,
+            skip_nonfinite=trainer.skip_nonfinite_steps,
+        )
+        _say(compiled.describe())
+        step_fn = compiled.step
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
     )
