@@ -18,6 +18,7 @@ from fiddle.experimental import serialization
 from llama_fdl.cli import ConfigError, flatten, render, typecheck
 from llama_fdl.data import corpus
 from llama_fdl.data.config import DataConfig
+from llama_fdl.train import aot
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 
@@ -88,6 +89,22 @@ def _check_eval_fits(data: DataConfig) -> None:
             f"{data.sequence_length} tokens need {needed:,} validation tokens, but the validation "
             f"split of {data.root} has at most {available:,}; {fix}."
         )
+
+
+def dry_run(experiment: Experiment) -> aot.DryRunReport:
+    """Compiles the experiment's train step for the current devices; trains nothing, writes nothing."""
+    tx, schedule = experiment.optimizer(experiment.trainer.num_train_steps)
+    return aot.dry_run(
+        experiment.model,
+        tx,
+        schedule,
+        experiment.mesh,
+        batch_size=experiment.data.batch_size,
+        sequence_length=experiment.data.sequence_length,
+        seed=experiment.trainer.seed,
+        num_microbatches=experiment.trainer.num_microbatches,
+        skip_nonfinite=experiment.trainer.skip_nonfinite_steps,
+    )
 
 
 def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:

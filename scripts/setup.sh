@@ -17,9 +17,10 @@ if ! command -v dot >/dev/null 2>&1; then
       "sudo apt-get install graphviz (Debian/Ubuntu) or brew install graphviz (macOS)." >&2
   fi
 fi
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-  echo "error: llama_fdl needs Python 3.11; set PYTHON=/path/to/python3.11." >&2
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3.12 || command -v python3)}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))'; then
+  echo "error: llama_fdl needs Python 3.11 or 3.12, but $PYTHON is $("$PYTHON" -V 2>&1);" \
+    "set PYTHON=/path/to/python3.12 (or python3.11)." >&2
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -6,8 +6,8 @@ side effect of being imported. They are defined here instead, with the same name
 meanings, and read by llama_fdl.cli.overrides. A process that imports this module must not import
 `fiddle.absl_flags` too: absl refuses a flag name defined by two modules.
 
-`--workdir` and `--traceback` are here as well, because every command (train, sweep) takes them and
-a flag may be defined only once per process.
+`--workdir`, `--traceback` and the compilation cache's flags are here as well, because every
+command (train, sweep) takes them and a flag may be defined only once per process.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from llama_fdl import compilation_cache
 from llama_fdl.cli import ConfigError, library, overrides, safe_load
 
 FDL_CONFIG = flags.DEFINE_string(
@@ -47,6 +48,14 @@ WORKDIR = flags.DEFINE_string(
     "run directory per point. Running again resumes.",
 )
 TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
+COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True, "Save compiled programs in --compilation_cache_dir and reuse them."
+)
+COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    str(compilation_cache.default_dir()),
+    "Directory of JAX's persistent compilation cache.",
+)
 
 
 def parse(argv: list[str]) -> list[str]:

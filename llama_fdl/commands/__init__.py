@@ -46,6 +46,9 @@ def run(name: str, args: Sequence[str], prog: str) -> None:
     """Runs command `name` on `args` (the flags after the command name) as absl's app.run does."""
     from absl import app
 
+    from llama_fdl import host_memory
+
+    host_memory.reexec_with_huge_pages()  # first: glibc reads the malloc tunable only at start-up
     module = importlib.import_module(COMMANDS[name].module)
     typed = list(args)
     app.run(lambda argv: module.main(argv, typed), argv=[prog, *typed], flags_parser=module.parse_flags)

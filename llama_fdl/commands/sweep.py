@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 import experiments
-from llama_fdl import commands, runner, sweep
+from llama_fdl import commands, compilation_cache, runner, sweep
 from llama_fdl.cli import ConfigError, overrides
 from llama_fdl.cli import flags as fdl_flags
 from llama_fdl.train import checkpoint as ckpt
@@ -101,6 +101,8 @@ def _plan(typed: Sequence[str]) -> tuple[list[sweep.Planned], pathlib.Path]:
 def _options():
     from llama_fdl.train import loop  # TensorFlow: only once every point has passed its checks
 
+    if fdl_flags.COMPILATION_CACHE.value:
+        compilation_cache.enable(fdl_flags.COMPILATION_CACHE_DIR.value)
     return loop.RunOptions(), FOR_PEOPLE + (loop.NonFiniteLoss,)
 
 

@@ -20,7 +20,12 @@ from collections.abc import Sequence
 from absl import app, flags
 
 import experiments
-from llama_fdl import commands, distributed, runner  # distributed defines --num_processes, ...
+from llama_fdl import (  # distributed defines --num_processes, ...
+    commands,
+    compilation_cache,
+    distributed,
+    runner,
+)
 from llama_fdl.cli import diff, library
 from llama_fdl.cli import flags as fdl_flags
 from llama_fdl.train import checkpoint as ckpt
@@ -38,6 +43,12 @@ _PEAK_FLOPS = flags.DEFINE_float(
     "peak_flops_per_device",
     None,
     "Peak FLOP/s of one device for MFU; default: known table, or measured on CPU.",
+)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Check the experiment and compile its train step for these devices, then print parameters, "
+    "FLOPs per token and memory per device and whether it fits; train nothing, write nothing.",
 )
 FLAGS = flags.FLAGS
 # Errors whose message says it all; anything else is a bug and keeps its traceback.
@@ -81,6 +92,18 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
         config_code = diff.as_code(applied.base, applied.cfg, base_flag=fdl_flags.base_flag())
         experiment = runner.check(applied.cfg)
+        if fdl_flags.COMPILATION_CACHE.value:
+            compilation_cache.enable(fdl_flags.COMPILATION_CACHE_DIR.value)
+        if _DRY_RUN.value:
+            report = runner.dry_run(experiment)
+            print(report.text())
+            if report.fits is False:
+                raise runner.RunError(
+                    "The train step does not fit in a device's memory; spread it over more devices "
+                    "(model.config.parallel.fsdp_axis_size), or lower the memory it needs "
+                    "(model.config.parallel.remat, trainer.num_microbatches, data.batch_size)."
+                )
+            return
         # The loop brings in TensorFlow: import it only once the experiment has passed its checks.
         from llama_fdl.train import loop
 

@@ -6,8 +6,14 @@ Logical axis names (mapped to mesh axes by the rules table in `llama_fdl.shardin
 - activations: ("batch", "length", "embed") at block boundaries, ("batch", "length", "heads",
   "head_dim") for q, k, v, ("batch", "length", "mlp") for the SwiGLU hidden units.
 
-Shape legend: B batch, S sequence, D embedding_dim, N heads, H head_dim, F ffn_hidden_dim,
-K = H // 2 rotary frequencies.
+Shape legend: B batch, S sequence, T = B * S tokens, D embedding_dim, N heads, H head_dim,
+F ffn_hidden_dim, K = H // 2 rotary frequencies.
+
+Every projection runs as one 2-D matmul over the flattened tokens ([T, in] @ [in, out]). XLA:CPU
+turns a 3-D `[B, S, D]` contraction's weight gradient (a sum over both B and S) into a transposing
+copy of the [B, S, F] cotangent, fused with whatever elementwise work precedes it; that copy cost
+more than the matmuls themselves (`benchmarks/`, docs/PERFORMANCE.md). The 2-D form has none, and
+the reshapes around it are free.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class HeadsDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = self.num_contracted
-        contracted = x.shape[-n_in:]
+        contracted, leading = x.shape[-n_in:], x.shape[:-n_in]
         # lecun_normal with the fan-in taken over all contracted axes, as for a flattened kernel.
         init = nn.initializers.variance_scaling(
             1.0,
@@ -67,7 +73,10 @@ class HeadsDense(nn.Module):
             (*contracted, *self.features),
             jnp.float32,
         )
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+        # One 2-D matmul over the flattened tokens (see the module docstring).
+        x_TI = x.reshape(-1, math.prod(contracted)).astype(self.dtype)
+        kernel_IO = kernel.reshape(math.prod(contracted), math.prod(self.features)).astype(self.dtype)
+        y = (x_TI @ kernel_IO).reshape(*leading, *self.features)
         if self.use_bias:
             bias = self.param("bias", _bias_init(self.bias_axes), self.features, jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -161,7 +170,9 @@ class FFNBlock(nn.Module):
     def __call__(self, x_BSD: jax.Array) -> jax.Array:
         cfg = self.config
         dtype = cfg._dtype
-        h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        batch, seq_len, _ = x_BSD.shape
+        # Tokens flattened: 2-D matmuls (see the module docstring).
+        h_TD = RMSNorm(dtype=dtype, name="norm")(x_BSD).reshape(batch * seq_len, cfg.embedding_dim)
         widen = functools.partial(
             nn.Dense,
             features=cfg.ffn_hidden_dim,
@@ -171,10 +182,11 @@ class FFNBlock(nn.Module):
             kernel_init=_kernel_init(("embed", "mlp")),
             bias_init=_bias_init(("mlp",)),
         )
-        gate_BSF = widen(name="gate")(h_BSD)
-        up_BSF = widen(name="up")(h_BSD)
-        hidden_BSF = nn.with_logical_constraint(nn.silu(gate_BSF) * up_BSF, MLP_AXES)
-        out_BSD = nn.Dense(
+        gate_TF = widen(name="gate")(h_TD)
+        up_TF = widen(name="up")(h_TD)
+        hidden_BSF = (nn.silu(gate_TF) * up_TF).reshape(batch, seq_len, cfg.ffn_hidden_dim)
+        hidden_TF = nn.with_logical_constraint(hidden_BSF, MLP_AXES).reshape(batch * seq_len, -1)
+        out_TD = nn.Dense(
             features=cfg.embedding_dim,
             use_bias=cfg.use_bias,
             dtype=dtype,
@@ -182,8 +194,8 @@ class FFNBlock(nn.Module):
             kernel_init=_kernel_init(("mlp", "embed")),
             bias_init=_bias_init(("embed",)),
             name="down",
-        )(hidden_BSF)
-        out_BSD = _dropout(cfg, self.train, out_BSD)
+        )(hidden_TF)
+        out_BSD = _dropout(cfg, self.train, out_TD.reshape(x_BSD.shape))
         return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
 
 

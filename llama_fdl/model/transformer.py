@@ -8,7 +8,7 @@ Logical axis names of the parameters here: embedding ("vocab", "embed"), head ke
 ("batch", "length", "vocab"). The blocks' names are listed in `llama_fdl.model.blocks`, plus the
 leading "layers" axis of scanned parameters.
 
-Shape legend: B batch, S sequence, D embedding_dim, V vocab_size.
+Shape legend: B batch, S sequence, T = B * S tokens, D embedding_dim, V vocab_size.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class LlamaTransformer(nn.Module):
 
         x_BSD = TransformerBlockStack(cfg, name="block_stack")(x_BSD, pos_BS, segment_ids_BS, train)
         x_BSD = RMSNorm(dtype=cfg._dtype, name="final_norm")(x_BSD)
-        logits_BSV = nn.Dense(
+        # A 2-D matmul over the flattened tokens, as in the blocks (see llama_fdl.model.blocks).
+        logits_TV = nn.Dense(
             features=cfg.vocab_size,
             use_bias=cfg.use_bias,
             dtype=cfg._dtype,
@@ -88,7 +89,8 @@ class LlamaTransformer(nn.Module):
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
             name="lm_head",
-        )(x_BSD).astype(jnp.float32)
+        )(x_BSD.reshape(batch * seq_len, cfg.embedding_dim))
+        logits_BSV = logits_TV.reshape(batch, seq_len, cfg.vocab_size).astype(jnp.float32)
         if cfg.logits_soft_cap is not None:
             cap = cfg.logits_soft_cap
             logits_BSV = cap * jnp.tanh(logits_BSV / cap)

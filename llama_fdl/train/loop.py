@@ -18,13 +18,13 @@ import numpy as np
 
 from llama_fdl import sharding
 from llama_fdl.data import pipeline
+from llama_fdl.train import aot, flops
 from llama_fdl.train import checkpoint as ckpt
-from llama_fdl.train import flops
 from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 from llama_fdl.train.preemption import StopRequest
-from llama_fdl.train.step import eval_step, train_step
+from llama_fdl.train.step import eval_step
 
 
 @dataclasses.dataclass
@@ -136,20 +136,21 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            mesh=mesh,
+    step_fn = None  # a finished run has no step to compile
+    if start < total_steps:
+        compiled = aot.compile_train_step(
+            model,
+            tx,
+            schedule,
+            mesh,
+            batch_size=data.batch_size,
+            sequence_length=data.sequence_length,
+            seed=trainer.seed,
             num_microbatches=trainer.num_microbatches,
             skip_nonfinite=trainer.skip_nonfinite_steps,
-        ),
-        in_shardings=(shardings, batch_sh),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+        )
+        _say(compiled.describe())
+        step_fn = compiled.step
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
     )
