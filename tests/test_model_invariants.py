@@ -201,7 +201,7 @@ def test_dataclass_replace_keeps_validation():
 
 
 # Every logical axis name the model uses; the rules table in llama_fdl.sharding must cover them.
-LOGICAL_PARAM_AXES = {"embed", "heads", "head_dim", "mlp", "vocab", "norm", "layers"}
+LOGICAL_PARAM_AXES = {"embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm", "layers"}
 
 
 def test_params_use_only_the_documented_logical_axes():

@@ -5,7 +5,13 @@ inside its functions.
 """
 
 from llama_fdl.model.blocks import FFNBlock, SelfAttentionBlock, TransformerBlock
-from llama_fdl.model.config import LlamaConfig, ParallelConfig, num_matmul_params, num_params
+from llama_fdl.model.config import (
+    LlamaConfig,
+    ParallelConfig,
+    RopeScaling,
+    num_matmul_params,
+    num_params,
+)
 from llama_fdl.model.hf import (
     export_hf,
     hf_config_from_llama,
@@ -26,6 +32,7 @@ __all__ = [
     "LlamaConfig",
     "LlamaTransformer",
     "ParallelConfig",
+    "RopeScaling",
     "SelfAttentionBlock",
     "TransformerBlock",
     "TransformerBlockStack",
