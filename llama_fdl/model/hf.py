@@ -77,7 +77,8 @@ def llama_config_from_hf(hf_config: Any, **overrides: Any) -> LlamaConfig:
     if model_type not in MODEL_TYPES:
         what = _describe(getattr(hf_config, "architectures", None), model_type)
         raise ValueError(f"The HF checkpoint is {what}, {_UNMAPPED}")
-    heads, kv_heads = hf_config.num_attention_heads, hf_config.num_key_value_heads or heads
+    heads = hf_config.num_attention_heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     d = hf_config.hidden_size
     problems = []
