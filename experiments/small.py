@@ -19,4 +19,5 @@ def small() -> fdl.Config:
     cfg.trainer.eval_every = 250
     cfg.trainer.log_every = 100
     cfg.trainer.checkpoint.every_steps = 500
+    cfg.trainer.sample_every = 250  # TensorBoard's text tab: watch it learn to write Python
     return cfg

@@ -257,10 +257,10 @@ ARCHITECTURE_FIELDS = (
 (`ffn_hidden_dim` and `kv_heads` are derived, so equivalent spellings of a size agree.)"""
 
 
-def architecture_difference(ours: LlamaConfig, theirs: LlamaConfig) -> str | None:
-    """`"num_blocks: 4 here, 2 there"` for the first architecture field that differs, else None."""
+def architecture_difference(ours: LlamaConfig, theirs: LlamaConfig) -> tuple[str, Any, Any] | None:
+    """(field, our value, their value) for the first architecture field that differs, else None."""
     for name in ARCHITECTURE_FIELDS:
         mine, other = getattr(ours, name), getattr(theirs, name)
         if mine != other:
-            return f"{name}: {mine!r} here, {other!r} there"
+            return name, mine, other
     return None
