@@ -47,10 +47,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs its restore at INFO
-    from llama_fdl import generate
+    from llama_fdl import saved_run
 
     try:
-        model = generate.load_run(_WORKDIR.value, _STEP.value)
+        model = saved_run.load_run(_WORKDIR.value, _STEP.value)
         prompts = [p for p in _PROMPT.value for _ in range(_NUM_SAMPLES.value)]
         continuations = model.complete(
             prompts,

@@ -23,10 +23,10 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
         import transformers  # noqa: F401
     except ImportError as e:
         raise ValueError(f'Exporting needs torch and transformers ({e}); pip install -e ".[hf]".') from None
-    from llama_fdl import generate
+    from llama_fdl import saved_run
     from llama_fdl.model.hf import export_hf
 
-    model = generate.load_run(workdir, step)
+    model = saved_run.load_run(workdir, step)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     partial.mkdir()

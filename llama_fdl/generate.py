@@ -1,33 +1,22 @@
-"""Text in, text out: a trained model continues prompts, tokenized with its run's vocabulary.
+"""Text in, text out: a model continues prompts, tokenized with its run's vocabulary.
 
-In a notebook (or see launch/sample.py for the command line):
-
-    from llama_fdl import generate
-    model = generate.load_run("runs/small")          # the latest checkpoint; step=N for another
-    print(model.complete(["def fibonacci(n):"], max_new_tokens=120, temperature=0.8)[0])
-
-`TrainingSamples` is what the train loop writes to TensorBoard every `trainer.sample_every`
-steps: continuations of a few fixed prompts from the validation split.
+`TextModel` holds a model, its parameters and its vocabulary (`llama_fdl.saved_run.load_run`
+makes one from a run directory). `TrainingSamples` is what the train loop writes to TensorBoard
+every `trainer.sample_every` steps: continuations of a few fixed validation prompts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import fiddle as fdl
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
-from llama_fdl.cli import safe_load
 from llama_fdl.data.config import DataConfig
 from llama_fdl.model.sampling import Sampler, SamplingOptions, left_pad
 from llama_fdl.model.transformer import LlamaTransformer
-from llama_fdl.train import checkpoint as ckpt
 
 
 def vocabulary(data: DataConfig):
@@ -107,29 +96,6 @@ class TextModel:
         return [
             self.vocabulary.decode(row[:n].tolist()) for row, n in zip(out.tokens, out.lengths, strict=True)
         ]
-
-
-def load_run(workdir: str | pathlib.Path, step: int | None = None) -> TextModel:
-    """The model of a run directory: its saved config and the parameters of checkpoint `step`
-    (default: the latest), on this process's first device."""
-    workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise ValueError(f"{workdir} is not a run directory: it has no config.json.")
-    cfg = safe_load.load(workdir / "config.json")
-    model = fdl.build(cfg.model)
-    data = fdl.build(cfg.data)
-    step = ckpt.choose_step(workdir / "checkpoints", step)
-    params = ckpt.restore_params(workdir / "checkpoints", step, abstract_params(model, jax.devices()[0]))
-    return TextModel(model, params, vocabulary(data), data.sequence_length, step)
-
-
-def abstract_params(model: nn.Module, device: jax.Device) -> Any:
-    """The parameters' shapes, placed on one device: a restore target."""
-    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), nn.meta.unbox(boxed)
-    )
 
 
 def _clip(text: str, width: int = 30) -> str:

@@ -15,10 +15,10 @@ import fiddle as fdl
 import jax
 from fiddle.experimental import serialization
 
+from llama_fdl import saved_run
 from llama_fdl.cli import ConfigError, flatten, render, typecheck
 from llama_fdl.data import corpus
 from llama_fdl.data.config import DataConfig
-from llama_fdl.train import init_from
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 
@@ -61,7 +61,7 @@ def check(cfg: fdl.Buildable) -> Experiment:
         raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
     experiment.validate()
     if experiment.trainer.init_from:
-        init_from.check(experiment.trainer.init_from, experiment.model.config)
+        saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
     _check_eval_fits(experiment.data)
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)

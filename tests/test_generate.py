@@ -19,7 +19,7 @@ import transformers
 from launcher import accumulator, last_line, scalars
 
 import experiments
-from llama_fdl import generate, runner
+from llama_fdl import generate, runner, saved_run
 from llama_fdl.cli import ConfigError
 from llama_fdl.data import pipeline
 from llama_fdl.export import export_run
@@ -141,14 +141,14 @@ def test_init_from_a_run_takes_its_parameters_and_a_fresh_optimizer_state(run_a,
     boxed = state_lib.abstract_state(experiment.model, tx, 64, 0)
     shardings = state_lib.state_shardings(boxed, experiment.mesh, experiment.model.config.parallel)
     state = loop._first_state(experiment, tx, shardings)
-    expected = generate.load_run(run_a, step=2).params
+    expected = saved_run.load_run(run_a, step=2).params
     if not scan_blocks:
         expected = scanned_to_unrolled_params(expected)
     jax.tree.map(np.testing.assert_array_equal, state.params, expected)
     assert int(state.step) == 0
     assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))  # counts, moments
     # Control: step 4's parameters are other ones.
-    latest = generate.load_run(run_a).params["embed"]["embedding"]
+    latest = saved_run.load_run(run_a).params["embed"]["embedding"]
     assert not np.array_equal(state.params["embed"]["embedding"], latest)
 
 
@@ -184,12 +184,12 @@ def greedy_by_full_forward(model: generate.TextModel, prompt: str, steps: int, w
 
 
 def test_load_run_continues_prompts_like_the_full_forward(run_a):
-    model = generate.load_run(run_a)
+    model = saved_run.load_run(run_a)
     assert model.step == 4 and model.context_length == 64
     prompts = ["def main():\n    ", "import os"]
     got = model.complete(prompts, max_new_tokens=8, temperature=0.0, stop_at_eos=False)
     assert got == [greedy_by_full_forward(model, p, 8) for p in prompts]
-    earlier = generate.load_run(run_a, step=2)
+    earlier = saved_run.load_run(run_a, step=2)
     assert earlier.step == 2
     # Control: the step-2 parameters are other ones.
     assert not np.array_equal(earlier.params["embed"]["embedding"], model.params["embed"]["embedding"])
@@ -197,15 +197,15 @@ def test_load_run_continues_prompts_like_the_full_forward(run_a):
 
 def test_bad_requests_are_refused_in_one_sentence(run_a, tmp_path):
     with pytest.raises(ckpt.NoSuchCheckpoint, match="no checkpoint at step 3; it has steps 2, 4"):
-        generate.load_run(run_a, step=3)
+        saved_run.load_run(run_a, step=3)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text((run_a / "config.json").read_text())
     with pytest.raises(ckpt.NoSuchCheckpoint, match="holds no complete checkpoint"):
-        generate.load_run(empty)
+        saved_run.load_run(empty)
     with pytest.raises(ValueError, match="has no config.json"):
-        generate.load_run(tmp_path / "nothing")
-    model = generate.load_run(run_a)
+        saved_run.load_run(tmp_path / "nothing")
+    model = saved_run.load_run(run_a)
     with pytest.raises(ValueError, match="is 70 tokens long, but the model's context is 64 tokens"):
         model.complete(["x" * 70])
     with pytest.raises(ValueError, match="max_new_tokens=60 after a prompt of 10 tokens exceeds"):
@@ -230,7 +230,7 @@ def test_sample_script_prints_continuations_and_refuses_bad_input_in_one_line(ru
 def test_export_writes_a_model_transformers_loads_with_equal_logits(run_a, tmp_path):
     assert export_run(run_a, tmp_path / "hf") == 4
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
-    model = generate.load_run(run_a)
+    model = saved_run.load_run(run_a)
     idx = np.random.RandomState(0).randint(0, 259, (2, 20))
     ours = np.asarray(LlamaTransformer(model.model.config).apply({"params": model.params}, jnp.asarray(idx)))
     with torch.no_grad():

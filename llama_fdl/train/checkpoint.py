@@ -203,19 +203,18 @@ def choose_step(directory: pathlib.Path, step: int | None) -> int:
     return step
 
 
+def saved_params(directory: pathlib.Path, step: int):
+    """ShapeDtypeStructs of the parameters saved at `step`, in the layout they were saved in."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(directory.absolute() / str(step) / "state")
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(metadata.tree)["params"])
+
+
 def restore_params(directory: pathlib.Path, step: int, abstract_params):
     """Only the parameters of checkpoint `step`, into `abstract_params`' shapes and shardings
     (ShapeDtypeStructs); the optimizer state and the data iterators stay on disk."""
-    manager = ocp.CheckpointManager(
-        directory.absolute(),
-        options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-    )
     target = {"params": abstract_params}
     args = ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
     )
-    try:
-        return manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
-    finally:
-        manager.close()
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(directory.absolute() / str(step) / "state", args=args)["params"]
