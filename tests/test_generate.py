@@ -69,13 +69,21 @@ def hf_directory(path, **overrides):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def highest_precision():
+    """float32 matmuls in full precision on GPUs too, in the run and in the references alike:
+    with TF32 a train step's loss and a separate forward's would differ beyond LOSS_RTOL."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def hf_source(tmp_path_factory):
     return hf_directory(tmp_path_factory.mktemp("hf") / "llama")
 
 
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory, hf_source):
+def run_a(tmp_path_factory, hf_source, highest_precision):
     workdir = tmp_path_factory.mktemp("runs") / "a"
     runner.run(tiny_graph(sample_every=2, init_from=f"hf:{hf_source}"), workdir)
     return workdir

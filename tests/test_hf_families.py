@@ -75,6 +75,13 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def highest_precision():
+    """float32 matmuls in full precision on GPUs too (TF32 would exceed HF_ATOL)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def hf_model(family: str, seed: int = 0, **overrides):
     config_cls, kwargs = FAMILIES[family]
     config = config_cls(**{**COMMON, **kwargs, **overrides})
