@@ -46,10 +46,6 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> TextModel:
     return TextModel(model, params, vocabulary(data), data.sequence_length, step)
 
 
-# The fields to set when a derived architecture value differs.
-_SETTING = {"kv_heads": "num_kv_heads", "ffn_hidden_dim": "ffn_multiple_of / ffn_dim_multiplier"}
-
-
 def check_init_from(spec: str, config: LlamaConfig) -> None:
     """Raises ValueError unless `trainer.init_from` names an existing source whose architecture
     equals `config`'s, naming the first field that differs."""
@@ -63,8 +59,9 @@ def check_init_from(spec: str, config: LlamaConfig) -> None:
         theirs = fdl.build(load_graph(source.path).model.config)
     difference = architecture_difference(config, theirs)
     if difference:
-        name, ours, other = difference
+        name, compared, ours, other = difference
+        setting = "ffn_multiple_of / ffn_dim_multiplier" if compared == "ffn_hidden_dim" else name
         raise ValueError(
-            f"trainer.init_from={spec!r} does not fit the model: the source has {name}={other!r}, "
-            f"model.config has {ours!r}; set model.config.{_SETTING.get(name, name)} to match."
+            f"trainer.init_from={spec!r} does not fit the model: the source has {compared}={other!r}, "
+            f"model.config has {ours!r}; set model.config.{setting} to match."
         )

@@ -12,6 +12,7 @@ from llama_fdl.model import (
     LlamaTransformer,
     ParallelConfig,
     RopeScaling,
+    architecture_difference,
     num_matmul_params,
     num_params,
 )
@@ -160,6 +161,22 @@ def test_the_new_fields_default_to_the_seed_model():
     config = tiny()
     assert (config.kv_heads, config.norm_eps, config.rope_scaling) == (config.num_heads, 1e-6, None)
     assert not (config.qkv_bias or config.tie_embeddings)
+
+
+def test_architecture_difference_compares_what_the_weights_mean():
+    # Two spellings of one feed-forward width, and None vs 4 key/value heads, are the same model;
+    # layout and dtype are not architecture.
+    a = tiny(ffn_multiple_of=64, ffn_dim_multiplier=1.0, num_kv_heads=None)
+    b = tiny(ffn_multiple_of=128, ffn_dim_multiplier=1.0, num_kv_heads=4, scan_blocks=False, dtype="bfloat16")
+    assert a.ffn_hidden_dim == b.ffn_hidden_dim == 128
+    assert architecture_difference(a, b) is None
+    # Controls: a different width, key/value head count or epsilon is named.
+    assert architecture_difference(a, tiny(ffn_dim_multiplier=2.0))[:2] == (
+        "ffn_multiple_of",
+        "ffn_hidden_dim",
+    )
+    assert architecture_difference(a, tiny(num_kv_heads=2)) == ("num_kv_heads", "kv_heads", 4, 2)
+    assert architecture_difference(a, tiny(norm_eps=1e-5)) == ("norm_eps", "norm_eps", 1e-6, 1e-5)
 
 
 def test_to_dict_round_trips():

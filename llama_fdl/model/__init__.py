@@ -9,6 +9,7 @@ from llama_fdl.model.config import (
     LlamaConfig,
     ParallelConfig,
     RopeScaling,
+    architecture_difference,
     num_matmul_params,
     num_params,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "SelfAttentionBlock",
     "TransformerBlock",
     "TransformerBlockStack",
+    "architecture_difference",
     "export_hf",
     "hf_config_from_llama",
     "import_hf",

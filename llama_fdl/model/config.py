@@ -250,17 +250,26 @@ def _attention_matmul_params(config: LlamaConfig) -> int:
 
 ARCHITECTURE_FIELDS = (
     "vocab_size", "embedding_dim", "num_blocks", "head_dim", "qk_norm", "causal", "theta",
-    "ffn_hidden_dim", "use_bias", "logits_soft_cap", "kv_heads", "norm_eps", "rope_scaling",
-    "qkv_bias", "tie_embeddings",
+    "ffn_multiple_of", "ffn_dim_multiplier", "use_bias", "logits_soft_cap", "num_kv_heads",
+    "norm_eps", "rope_scaling", "qkv_bias", "tie_embeddings",
 )  # fmt: skip
-"""What weights mean: two configs equal on these compute the same function of the same params.
-(`ffn_hidden_dim` and `kv_heads` are derived, so equivalent spellings of a size agree.)"""
+"""The fields that decide what the weights mean; the others (layout, dtype, kernels, dropout,
+masking, the mesh) change how a model computes or trains, not the function of its weights."""
+
+# Fields that spell a size more than one way are compared by the size they give.
+_COMPARED_AS = {
+    "ffn_multiple_of": "ffn_hidden_dim",
+    "ffn_dim_multiplier": "ffn_hidden_dim",
+    "num_kv_heads": "kv_heads",
+}
 
 
-def architecture_difference(ours: LlamaConfig, theirs: LlamaConfig) -> tuple[str, Any, Any] | None:
-    """(field, our value, their value) for the first architecture field that differs, else None."""
+def architecture_difference(ours: LlamaConfig, theirs: LlamaConfig) -> tuple[str, str, Any, Any] | None:
+    """For the first architecture field that differs: (the field, the value compared, ours,
+    theirs), e.g. ("num_kv_heads", "kv_heads", 4, 2); None when the architectures are equal."""
     for name in ARCHITECTURE_FIELDS:
-        mine, other = getattr(ours, name), getattr(theirs, name)
+        compared = _COMPARED_AS.get(name, name)
+        mine, other = getattr(ours, compared), getattr(theirs, compared)
         if mine != other:
-            return name, mine, other
+            return name, compared, mine, other
     return None

@@ -29,18 +29,11 @@ from typing import Any
 import numpy as np
 from flax import linen as nn
 
-from llama_fdl.model.config import LlamaConfig, RopeScaling
+from llama_fdl.model.config import ARCHITECTURE_FIELDS, LlamaConfig, RopeScaling
 from llama_fdl.model.stack import scanned_to_unrolled_params, unrolled_to_scanned_params
 
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 """HF `model_type` -> the causal-LM class whose checkpoints import."""
-
-# LlamaConfig fields that the HF checkpoint determines; overriding one would mismatch the weights.
-_ARCHITECTURE_FIELDS = (
-    "vocab_size", "embedding_dim", "num_blocks", "head_dim", "qk_norm", "causal", "theta",
-    "ffn_multiple_of", "ffn_dim_multiplier", "use_bias", "logits_soft_cap", "num_kv_heads",
-    "norm_eps", "rope_scaling", "qkv_bias", "tie_embeddings",
-)  # fmt: skip
 
 # (HF name inside layer i, our path inside block_i, how the array is laid out on each side).
 _BLOCK_WEIGHTS = (
@@ -70,7 +63,7 @@ _OTHER_BIASES = (
 def llama_config_from_hf(hf_config: Any, **overrides: Any) -> LlamaConfig:
     """The LlamaConfig of an HF Llama, Mistral or Qwen2 config; `overrides` set non-architecture
     fields (dtype, scan_blocks, attention_backend, ...)."""
-    fixed = sorted(set(overrides) & set(_ARCHITECTURE_FIELDS))
+    fixed = sorted(set(overrides) & set(ARCHITECTURE_FIELDS))
     if fixed:
         raise ValueError(f"{fixed} come from the HF checkpoint and cannot be overridden.")
     model_type = getattr(hf_config, "model_type", None)
