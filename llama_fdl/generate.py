@@ -26,6 +26,10 @@ def vocabulary(data: DataConfig):
     return pipeline.vocabulary()
 
 
+PROMPT_MULTIPLE = 32
+"""Prompts are left-padded to a multiple of this, so prompts of similar lengths share a compile."""
+
+
 @dataclasses.dataclass
 class TextModel:
     """A model with its parameters and vocabulary, ready to continue text."""
@@ -89,7 +93,7 @@ class TextModel:
         )
         if options not in self._samplers:  # one compiled sampler per set of options
             self._samplers[options] = Sampler(self.model, options)
-        tokens_BP, segment_ids_BP = left_pad(encoded, options.pad_id)
+        tokens_BP, segment_ids_BP = left_pad(encoded, options.pad_id, multiple_of=PROMPT_MULTIPLE)
         out = jax.device_get(
             self._samplers[options](self.params, tokens_BP, segment_ids_BP, jax.random.key(seed))
         )

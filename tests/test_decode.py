@@ -233,6 +233,9 @@ def test_decoding_a_bidirectional_model_or_with_borders_is_refused():
         )
 
 
-def test_empty_prompts_are_refused():
+def test_left_padding_puts_every_prompt_at_the_right_edge():
+    tokens, segments = left_pad([[5, 6, 7], [8]], pad_id=9, multiple_of=4)
+    np.testing.assert_array_equal(tokens, [[9, 5, 6, 7], [9, 9, 9, 8]])
+    np.testing.assert_array_equal(segments, [[0, 1, 1, 1], [0, 0, 0, 1]])
     with pytest.raises(ValueError, match="at least one token"):
         left_pad([[1, 2], []])

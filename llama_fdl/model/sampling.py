@@ -63,11 +63,14 @@ class Generation:
     """[B, N, V] the float32 logits each token was chosen from, when asked for."""
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [B, P] and segment ids [B, P] (1 for prompt tokens, 0 for padding)."""
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple_of: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [B, P] and segment ids [B, P] (1 for prompt tokens, 0 for padding), with P the
+    longest prompt rounded up to `multiple_of` (fewer distinct shapes, fewer compilations)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("Every prompt needs at least one token.")
-    width = max(len(p) for p in prompts)
+    width = -(-max(len(p) for p in prompts) // multiple_of) * multiple_of
     tokens_BP = np.full((len(prompts), width), pad_id, np.int32)
     segment_ids_BP = np.zeros((len(prompts), width), np.int32)
     for row, prompt in enumerate(prompts):
