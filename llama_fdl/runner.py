@@ -15,6 +15,7 @@ import fiddle as fdl
 import jax
 from fiddle.experimental import serialization
 
+from llama_fdl import saved_run
 from llama_fdl.cli import ConfigError, flatten, render, typecheck
 from llama_fdl.data import corpus
 from llama_fdl.data.config import DataConfig
@@ -49,16 +50,19 @@ def check(cfg: fdl.Buildable) -> Experiment:
     """Builds the graph and runs every check that needs no data and no compile; returns the build.
 
     In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
-    the mesh against the devices, ...); cross-part checks (Experiment.validate); the optimizer's
-    schedule against the run length; the evaluation set against the validation split's size; and
-    the model initialised by shape (a trace, not a compile), which catches what only the model
-    code knows, such as an attention backend this platform lacks.
+    the mesh against the devices, ...); cross-part checks (Experiment.validate); trainer.init_from's
+    source against the model's architecture; the optimizer's schedule against the run length; the
+    evaluation set against the validation split's size; and the model initialised by shape (a
+    trace, not a compile), which catches what only the model code knows, such as an attention
+    backend this platform lacks.
     """
     typecheck.check_graph(cfg)
     experiment = fdl.build(cfg)
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
     experiment.validate()
+    if experiment.trainer.init_from:
+        saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
     _check_eval_fits(experiment.data)
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)

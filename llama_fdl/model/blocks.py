@@ -1,15 +1,17 @@
 """One transformer block: pre-norm self-attention and pre-norm SwiGLU feed-forward, with residuals.
 
 Logical axis names (mapped to mesh axes by the rules table in `llama_fdl.sharding`):
-- parameters: "embed" (residual width D), "heads" (N), "head_dim" (H), "mlp" (F), "norm" (the
-  axis of every RMSNorm scale);
+- parameters: "embed" (residual width D), "heads" (N), "kv_heads" (K), "head_dim" (H), "mlp" (F),
+  "norm" (the axis of every RMSNorm scale);
 - activations: ("batch", "length", "embed") at block boundaries, ("batch", "length", "heads",
-  "head_dim") for q, k, v, ("batch", "length", "mlp") for the SwiGLU hidden units.
+  "head_dim") for q, ("batch", "length", "kv_heads", "head_dim") for k and v, ("batch", "length",
+  "mlp") for the SwiGLU hidden units.
 
-Shape legend: B batch, S sequence, T = B * S tokens, D embedding_dim, N heads, H head_dim,
-F ffn_hidden_dim, K = H // 2 rotary frequencies.
+Shape legend: B batch, S sequence, T keys (S, or the cache's slots when decoding), D
+embedding_dim, N query heads, K key/value heads, H head_dim, F ffn_hidden_dim, R = H // 2 rotary
+frequencies. In the feed-forward block's flattened 2-D matmuls T is instead the B * S tokens.
 
-Every projection runs as one 2-D matmul over the flattened tokens ([T, in] @ [in, out]). XLA:CPU
+Every projection runs as one 2-D matmul over the flattened tokens ([B * S, in] @ [in, out]). XLA:CPU
 turns a 3-D `[B, S, D]` contraction's weight gradient (a sum over both B and S) into a transposing
 copy of the [B, S, F] cotangent, fused with whatever elementwise work precedes it; that copy cost
 more than the matmuls themselves (`benchmarks/`, docs/PERFORMANCE.md). The 2-D form has none, and
@@ -25,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.attention_backends import attend, check_cudnn_available
+from llama_fdl.model.attention_backends import attend, check_cudnn_available, masked_attention
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.kv_cache import KV_AXES, KVCache
 from llama_fdl.model.norm import RMSNorm
 from llama_fdl.model.rotary import apply_rotary, rotary_angles
 
@@ -95,11 +98,14 @@ def default_positions(batch: int, seq_len: int) -> jax.Array:
 class SelfAttentionBlock(nn.Module):
     """x + dropout(attention(RMSNorm(x))) with rotary q/k, optional per-head q/k RMSNorm.
 
-    The scores are scaled by 1/sqrt(head_dim), the width each dot product sums over.
+    The scores are scaled by 1/sqrt(head_dim), the width each dot product sums over. With
+    `decode=True` keys and values go through a `KVCache` (the "cache" collection) and attention
+    runs over every cached token; `segment_ids_BS` are then the raw ids, 0 marking padding.
     """
 
     config: LlamaConfig
     train: bool = False
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -116,37 +122,55 @@ class SelfAttentionBlock(nn.Module):
         if pos_BS is None:
             pos_BS = default_positions(batch, seq_len)
 
-        h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        h_BSD = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="norm")(x_BSD)
         project = functools.partial(
             HeadsDense,
-            features=(cfg.num_heads, cfg.head_dim),
             num_contracted=1,
-            kernel_axes=("embed", "heads", "head_dim"),
-            bias_axes=("heads", "head_dim"),
-            use_bias=cfg.use_bias,
+            use_bias=cfg.use_bias or cfg.qkv_bias,
             dtype=dtype,
         )
-        q_BSNH = project(name="query")(h_BSD)
-        k_BSNH = project(name="key")(h_BSD)
-        v_BSNH = project(name="value")(h_BSD)
-        if cfg.qk_norm:
-            q_BSNH = RMSNorm(dtype=dtype, name="query_norm")(q_BSNH)
-            k_BSNH = RMSNorm(dtype=dtype, name="key_norm")(k_BSNH)
-
-        sin_BSK, cos_BSK = rotary_angles(pos_BS, cfg.head_dim, cfg.theta)
-        q_BSNH = apply_rotary(q_BSNH, sin_BSK, cos_BSK)
-        k_BSNH = apply_rotary(k_BSNH, sin_BSK, cos_BSK)
-        q_BSNH, k_BSNH, v_BSNH = (nn.with_logical_constraint(t, HEAD_AXES) for t in (q_BSNH, k_BSNH, v_BSNH))
-
-        o_BSNH = attend(
-            q_BSNH,
-            k_BSNH,
-            v_BSNH,
-            segment_ids_BS=segment_ids_BS,
-            causal=cfg.causal,
-            scale=1.0 / math.sqrt(cfg.head_dim),
-            backend=cfg.attention_backend,
+        query = project(
+            features=(cfg.num_heads, cfg.head_dim),
+            kernel_axes=("embed", "heads", "head_dim"),
+            bias_axes=("heads", "head_dim"),
+            name="query",
         )
+        key_value = functools.partial(
+            project,
+            features=(cfg.kv_heads, cfg.head_dim),
+            kernel_axes=("embed", "kv_heads", "head_dim"),
+            bias_axes=("kv_heads", "head_dim"),
+        )
+        q_BSNH = query(h_BSD)
+        k_BSKH = key_value(name="key")(h_BSD)
+        v_BSKH = key_value(name="value")(h_BSD)
+        if cfg.qk_norm:
+            q_BSNH = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="query_norm")(q_BSNH)
+            k_BSKH = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="key_norm")(k_BSKH)
+
+        sin_BSR, cos_BSR = rotary_angles(pos_BS, cfg.head_dim, cfg.theta, cfg.rope_scaling)
+        q_BSNH = nn.with_logical_constraint(apply_rotary(q_BSNH, sin_BSR, cos_BSR), HEAD_AXES)
+        k_BSKH = nn.with_logical_constraint(apply_rotary(k_BSKH, sin_BSR, cos_BSR), KV_AXES)
+        v_BSKH = nn.with_logical_constraint(v_BSKH, KV_AXES)
+
+        scale = 1.0 / math.sqrt(cfg.head_dim)
+        if self.decode:
+            # Decoding attends over the cache's slots with an explicit mask; the flash kernels
+            # take as many keys as queries, so every backend uses the einsum form here.
+            k_BTKH, v_BTKH, mask_BST = KVCache(cfg.mask_across_document_boundaries, name="cache")(
+                k_BSKH, v_BSKH, segment_ids_BS
+            )
+            o_BSNH = masked_attention(q_BSNH, k_BTKH, v_BTKH, mask_BST, scale)
+        else:
+            o_BSNH = attend(
+                q_BSNH,
+                k_BSKH,
+                v_BSKH,
+                segment_ids_BS=segment_ids_BS,
+                causal=cfg.causal,
+                scale=scale,
+                backend=cfg.attention_backend,
+            )
         out_BSD = HeadsDense(
             features=(cfg.embedding_dim,),
             num_contracted=2,
@@ -172,7 +196,9 @@ class FFNBlock(nn.Module):
         dtype = cfg._dtype
         batch, seq_len, _ = x_BSD.shape
         # Tokens flattened: 2-D matmuls (see the module docstring).
-        h_TD = RMSNorm(dtype=dtype, name="norm")(x_BSD).reshape(batch * seq_len, cfg.embedding_dim)
+        h_TD = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="norm")(x_BSD).reshape(
+            batch * seq_len, cfg.embedding_dim
+        )
         widen = functools.partial(
             nn.Dense,
             features=cfg.ffn_hidden_dim,
@@ -204,6 +230,7 @@ class TransformerBlock(nn.Module):
 
     config: LlamaConfig
     train: bool = False
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -212,7 +239,8 @@ class TransformerBlock(nn.Module):
         pos_BS: jax.Array | None = None,
         segment_ids_BS: jax.Array | None = None,
     ) -> jax.Array:
-        x_BSD = SelfAttentionBlock(self.config, self.train, name="attention")(x_BSD, pos_BS, segment_ids_BS)
+        attention = SelfAttentionBlock(self.config, self.train, self.decode, name="attention")
+        x_BSD = attention(x_BSD, pos_BS, segment_ids_BS)
         return FFNBlock(self.config, self.train, name="ffn")(x_BSD)
 
 

@@ -16,9 +16,9 @@ import time
 import jax
 import numpy as np
 
-from llama_fdl import sharding
+from llama_fdl import generate, sharding
 from llama_fdl.data import pipeline
-from llama_fdl.train import aot, flops
+from llama_fdl.train import aot, flops, init_from
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
@@ -102,7 +102,11 @@ def _train(
     batch_sh = sharding.batch_sharding(mesh, parallel)
 
     train_iter = pipeline.train_iterator(data)
-    eval_batches = [pipeline.to_global(b, batch_sh) for b in pipeline.eval_batches(data)]
+    local_eval_batches = pipeline.eval_batches(data)
+    eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
+    samples = None
+    if trainer.sample_every:
+        samples = generate.TrainingSamples(model, data, local_eval_batches[0], trainer.seed)
     writer = metrics_lib.MetricWriter(str(workdir))
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
@@ -118,8 +122,9 @@ def _train(
     shardings = state_lib.state_shardings(boxed, mesh, parallel)
     latest = manager.latest_step()
     if latest is None:
-        state, _ = state_lib.init_state(model, tx, data.sequence_length, trainer.seed, mesh, parallel)
-        _say(f"Starting {workdir} from scratch.")
+        state = _first_state(experiment, tx, shardings)
+        origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
+        _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
             writer.text(0, name, body)
     else:
@@ -211,19 +216,22 @@ def _train(
                 jax.profiler.stop_trace()
             evaluating = done % trainer.eval_every == 0 or done == total_steps
             saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
-            if evaluating or saving or stop.requested:
+            sampling = samples is not None and done % trainer.sample_every == 0
+            if evaluating or saving or sampling or stop.requested:
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
                 last_eval = evaluate(eval_fn, state.params, eval_batches)
                 writer.scalars(done, last_eval)
                 _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
+            if sampling:
+                writer.markdown(done, "samples", samples.markdown(state.params))
             if saving or stop.requested:
                 ckpt.save(manager, done, state, train_iter, meta, force=True)
             if stop.requested:
                 _say(f"{stop.signal_name}: saved the checkpoint at step {done}; rerun to resume.")
                 break
-            if pending is None:  # eval and saves are not train throughput
+            if pending is None:  # eval, samples and saves are not train throughput
                 window_start, window_steps = time.perf_counter(), 0
         if pending is not None:
             finish_step(*pending)
@@ -252,6 +260,17 @@ def _train(
         writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
     writer.close()
     return last_eval
+
+
+def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
+    """Random parameters, or trainer.init_from's, with a fresh optimizer state."""
+    model, trainer = experiment.model, experiment.trainer
+    if trainer.init_from:
+        params = init_from.load(trainer.init_from, model.config, shardings.params)
+        return state_lib.state_from_params(params, tx, trainer.seed, shardings)
+    parallel = model.config.parallel
+    seq_len = experiment.data.sequence_length
+    return state_lib.init_state(model, tx, seq_len, trainer.seed, experiment.mesh, parallel)[0]
 
 
 def _say(message: str) -> None:
