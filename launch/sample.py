@@ -1,76 +1,17 @@
-"""Continue prompts with a trained run: `python launch/sample.py --workdir=RUN --prompt=TEXT`.
+"""`python launch/sample.py --workdir=RUN ...` from a checkout: the same as `llama-fdl sample ...`.
 
-Loads RUN/config.json and the parameters of the latest checkpoint (or --step), tokenizes each
-prompt with the run's own vocabulary, and prints --num_samples continuations of each:
-
-    python launch/sample.py --workdir=runs/small --prompt='def fibonacci(n):' --num_samples=3
-
-Sampling: --temperature (0 is greedy), --top_k, --top_p, --seed; each continuation stops at the
-vocabulary's end-of-sequence token (unless --nostop_at_eos) or after --max_new_tokens (default:
-what the model's context leaves after the longest prompt).
+The command lives in llama_fdl/commands/sample.py (its docstring lists the flags). This wrapper is
+for checkouts that are not installed (Bazel targets, cluster scripts).
 """
 
-from __future__ import annotations
-
-import os
 import pathlib
 import sys
-
-# TensorFlow (seqio's vocabularies) logs its CUDA and oneDNN probing at start-up.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from absl import app, flags, logging  # noqa: E402
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory to sample from.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
-_PROMPT = flags.DEFINE_multi_string(
-    "prompt", None, "Text to continue; repeat the flag for several.", required=True
-)
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Continuations per prompt.", lower_bound=1)
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens per continuation; default: fill the context.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens only.")
-_TOP_P = flags.DEFINE_float(
-    "top_p", None, "Sample among the most likely tokens holding this much probability."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling rng.")
-_STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "End a continuation at the end-of-sequence token.")
-_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the form --name=value.")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs its restore at INFO
-    from llama_fdl import saved_run
-
-    try:
-        model = saved_run.load_run(_WORKDIR.value, _STEP.value)
-        prompts = [p for p in _PROMPT.value for _ in range(_NUM_SAMPLES.value)]
-        continuations = model.complete(
-            prompts,
-            max_new_tokens=_MAX_NEW.value,
-            temperature=_TEMPERATURE.value,
-            top_k=_TOP_K.value,
-            top_p=_TOP_P.value,
-            seed=_SEED.value,
-            stop_at_eos=_STOP_AT_EOS.value,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        if _TRACEBACK.value:
-            raise
-        print(f"error: {str(e).strip().splitlines()[0]} (--traceback shows where)", file=sys.stderr)
-        sys.exit(1)
-    for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
-        which = f"prompt {i // _NUM_SAMPLES.value + 1}, sample {i % _NUM_SAMPLES.value + 1}"
-        print(f"=== {which} (step {model.step} of {_WORKDIR.value}) ===")
-        print(prompt + continuation, flush=True)
-
+from llama_fdl import commands  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    commands.run("sample", sys.argv[1:], prog=sys.argv[0])

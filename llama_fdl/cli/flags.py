@@ -7,7 +7,7 @@ meanings, and read by llama_fdl.cli.overrides. A process that imports this modul
 `fiddle.absl_flags` too: absl refuses a flag name defined by two modules.
 
 `--workdir`, `--traceback` and the compilation cache's flags are here as well, because every
-command (train, sweep) takes them and a flag may be defined only once per process.
+command (train, sweep, sample, export) takes them and a flag may be defined only once per process.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
     "train: the run directory, default runs/<experiment name>; sweep: the sweep's directory, one "
-    "run directory per point. Running again resumes.",
+    "run directory per point (running again resumes); sample, export: the trained run to read.",
 )
 TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
 COMPILATION_CACHE = flags.DEFINE_bool(

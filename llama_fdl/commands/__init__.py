@@ -30,6 +30,12 @@ class Command:
 COMMANDS = {
     "train": Command("llama_fdl.commands.train", "train one experiment: --fdl_config=experiments.NAME"),
     "sweep": Command("llama_fdl.commands.sweep", "run a sweep's points and compare them: --sweep=NAME"),
+    "sample": Command(
+        "llama_fdl.commands.sample", "continue prompts with a trained run: --workdir=RUN --prompt=TEXT"
+    ),
+    "export": Command(
+        "llama_fdl.commands.export", "write a run's checkpoint as an HF model: --workdir=RUN --out=DIR"
+    ),
 }
 """Command name -> where it lives. `help` is built in."""
 
