@@ -19,10 +19,12 @@ from fiddle.experimental import serialization
 from flax import linen as nn
 from jax.experimental import multihost_utils
 
+from llama_fdl import saved_run
 from llama_fdl.cli import ConfigError, diff, flatten, identity, render, safe_load, typecheck
 from llama_fdl.data import corpus
 from llama_fdl.data.config import DataConfig
 from llama_fdl.run_lock import RunDirectoryBusy, RunLock
+from llama_fdl.train import aot
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
@@ -56,9 +58,10 @@ def check(cfg: fdl.Buildable) -> Experiment:
 
     In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
     the mesh against the devices, ...); the model config against this platform (cuDNN needs a
-    GPU); cross-part checks (Experiment.validate); the optimizer's schedule against the run
-    length; the evaluation set against the validation split's size; and the model initialised by
-    shape (a trace, not a compile), which catches what only the model code knows.
+    GPU); cross-part checks (Experiment.validate); trainer.init_from's source against the model's
+    architecture; the optimizer's schedule against the run length; the evaluation set against the
+    validation split's size; and the model initialised by shape (a trace, not a compile), which
+    catches what only the model code knows.
     """
     typecheck.check_graph(cfg)
     experiment = fdl.build(cfg)
@@ -66,6 +69,8 @@ def check(cfg: fdl.Buildable) -> Experiment:
         raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
     experiment.model.config.check_platform(jax.default_backend())
     experiment.validate()
+    if experiment.trainer.init_from:
+        saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
     _check_eval_fits(experiment.data)
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
@@ -98,6 +103,22 @@ def _check_eval_fits(data: DataConfig) -> None:
         )
 
 
+def dry_run(experiment: Experiment) -> aot.DryRunReport:
+    """Compiles the experiment's train step for the current devices; trains nothing, writes nothing."""
+    tx, schedule = experiment.optimizer(experiment.trainer.num_train_steps)
+    return aot.dry_run(
+        experiment.model,
+        tx,
+        schedule,
+        experiment.mesh,
+        batch_size=experiment.data.batch_size,
+        sequence_length=experiment.data.sequence_length,
+        seed=experiment.trainer.seed,
+        num_microbatches=experiment.trainer.num_microbatches,
+        skip_nonfinite=experiment.trainer.skip_nonfinite_steps,
+    )
+
+
 @dataclasses.dataclass
 class Claim:
     """A run directory this launch may use: locked (by process 0), new or holding this experiment."""
@@ -128,7 +149,7 @@ def claim_workdir(
     while True:
         claim = _lock(candidate)
         try:
-            layout = _layout_changes(candidate / "config.json", cfg, config_json)
+            layout = layout_changes(candidate / "config.json", cfg, config_json)
         except BaseException:
             claim.release()
             raise
@@ -179,7 +200,7 @@ def _lock(workdir: pathlib.Path) -> Claim:
     return Claim(workdir, lock, created, [])
 
 
-def _layout_changes(
+def layout_changes(
     saved_path: pathlib.Path, cfg: fdl.Buildable, config_json: str
 ) -> list[diff.Change] | None:
     """[] if there is no saved experiment or it is this one; its layout changes if only the layout
@@ -215,13 +236,14 @@ def save_config(
     config_json: str,
     config_text: str,
     config_diff: str,
+    config_code: str | None = None,
     layout_changed: bool = False,
 ) -> None:
     """Writes the run's experiment files into a run directory that is new or holds this experiment.
 
     config.txt is rewritten on every start, and config.json when the layout changed (it is the
-    graph the run now continues with); config_diff.txt and config.svg only when the run
-    directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
+    graph the run now continues with); config_diff.txt, config_diff.py and config.svg only when
+    the run directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
     nothing against itself) keeps the diff of the command that started the run.
     """
     path = workdir / "config.json"
@@ -231,6 +253,8 @@ def save_config(
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _write_atomically(workdir / "config_diff.txt", config_diff + "\n")
+            if config_code is not None:
+                _write_atomically(workdir / "config_diff.py", config_code)
             picture = render.svg(cfg)
             if picture is None:
                 print(f"warning: {render.MISSING_DOT}", file=sys.stderr)
@@ -259,6 +283,7 @@ def run(
     start_elsewhere: bool = False,
     *,
     config_diff: str = "(no base experiment given)",
+    config_code: str | None = None,
     experiment: Experiment | None = None,
     stop: StopRequest | None = None,
 ) -> dict[str, float]:
@@ -271,6 +296,7 @@ def run(
       start_elsewhere: if `workdir` holds another experiment, use the next free `WORKDIR-N`.
       config_diff: what this run changed against its base experiment (see llama_fdl.cli.diff),
         saved as config_diff.txt and shown in TensorBoard's text tab.
+      config_code: the same as a fiddler (llama_fdl.cli.diff.as_code), saved as config_diff.py.
       experiment: `check(cfg)`, when the caller has already run it.
       stop: where the launcher records SIGTERM/SIGINT (see llama_fdl.train.loop.train).
     """
@@ -280,7 +306,15 @@ def run(
     claim = claim_workdir(workdir, cfg, config_json, start_elsewhere)
     try:
         _check_checkpoints(experiment, claim.workdir)
-        save_config(cfg, claim.workdir, config_json, config_text, config_diff, bool(claim.layout_changes))
+        save_config(
+            cfg,
+            claim.workdir,
+            config_json,
+            config_text,
+            config_diff,
+            config_code,
+            layout_changed=bool(claim.layout_changes),
+        )
         # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
         from llama_fdl.train import loop
 

@@ -6,7 +6,14 @@ does not import it, and neither does anything on the training path.
 """
 
 from llama_fdl.model.blocks import FFNBlock, SelfAttentionBlock, TransformerBlock
-from llama_fdl.model.config import LlamaConfig, ParallelConfig, num_matmul_params, num_params
+from llama_fdl.model.config import (
+    LlamaConfig,
+    ParallelConfig,
+    RopeScaling,
+    architecture_difference,
+    num_matmul_params,
+    num_params,
+)
 from llama_fdl.model.stack import (
     TransformerBlockStack,
     scanned_to_unrolled_params,
@@ -19,9 +26,11 @@ __all__ = [
     "LlamaConfig",
     "LlamaTransformer",
     "ParallelConfig",
+    "RopeScaling",
     "SelfAttentionBlock",
     "TransformerBlock",
     "TransformerBlockStack",
+    "architecture_difference",
     "num_matmul_params",
     "num_params",
     "scanned_to_unrolled_params",

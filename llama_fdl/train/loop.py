@@ -17,13 +17,13 @@ import time
 import jax
 import numpy as np
 
-from llama_fdl import sharding
+from llama_fdl import generate, sharding
+from llama_fdl.train import aot, flops, init_from, preemption
 from llama_fdl.train import checkpoint as ckpt
-from llama_fdl.train import flops, preemption
 from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
-from llama_fdl.train.step import eval_step, train_step
+from llama_fdl.train.step import eval_step
 
 
 @dataclasses.dataclass
@@ -34,6 +34,8 @@ class RunOptions:
     """Trace steps first..last (inclusive) with jax.profiler into RUN/plugins/profile."""
     peak_flops_per_device: float | None = None
     """Peak FLOP/s of one device for MFU; None takes the table's value or measures the CPU."""
+    hparams: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
+    """More columns for TensorBoard's HParams tab (a sweep adds its point and what it varies)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -108,7 +110,11 @@ def _train(
     batch_sh = sharding.batch_sharding(mesh, parallel)
     flag_sh = preemption.flag_sharding(mesh)
 
-    eval_batches = [pipeline.to_global(b, batch_sh) for b in pipeline.eval_batches(data)]
+    local_eval_batches = pipeline.eval_batches(data)
+    eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
+    samples = None
+    if trainer.sample_every:
+        samples = generate.TrainingSamples(model, data, local_eval_batches[0], trainer.seed)
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
 
@@ -124,10 +130,11 @@ def _train(
     target = state_lib.unboxed_abstract(boxed, shardings)
     resumed = ckpt.restore_newest(manager, target, lambda: pipeline.train_iterator(data), _say)
     if resumed is None:
-        state, _ = state_lib.init_state(model, tx, data.sequence_length, trainer.seed, mesh, parallel)
+        state = _first_state(experiment, tx, shardings)
         train_iter = pipeline.train_iterator(data)
         writer = metrics_lib.MetricWriter(str(workdir))
-        _say(f"Starting {workdir} from scratch.")
+        origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
+        _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
             writer.text(0, name, body)
     else:
@@ -143,20 +150,21 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            mesh=mesh,
+    step_fn = None  # a finished run has no step to compile
+    if start < total_steps:
+        compiled = aot.compile_train_step(
+            model,
+            tx,
+            schedule,
+            mesh,
+            batch_size=data.batch_size,
+            sequence_length=data.sequence_length,
+            seed=trainer.seed,
             num_microbatches=trainer.num_microbatches,
             skip_nonfinite=trainer.skip_nonfinite_steps,
-        ),
-        in_shardings=(shardings, batch_sh, flag_sh),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+        )
+        _say(compiled.describe())
+        step_fn = compiled.step
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
     )
@@ -219,22 +227,25 @@ def _train(
                 jax.profiler.stop_trace()
             evaluating = done % trainer.eval_every == 0 or done == total_steps
             saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
+            sampling = samples is not None and done % trainer.sample_every == 0
             # Every process reads the same metrics at the same points, so `agreed_stop` turns
             # non-zero at the same step everywhere: they stop, and save, together.
-            if evaluating or saving or agreed_stop:
+            if evaluating or saving or sampling or agreed_stop:
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
                 last_eval = evaluate(eval_fn, state.params, eval_batches)
                 writer.scalars(done, last_eval)
                 _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
+            if sampling:
+                writer.markdown(done, "samples", samples.markdown(state.params))
             if saving or agreed_stop:
                 ckpt.save(manager, done, state, train_iter, meta, force=True)
             if agreed_stop:
                 name = preemption.signal_name(agreed_stop)
                 _say(f"{name}: saved the checkpoint at step {done}; rerun to resume.")
                 break
-            if pending is None:  # eval and saves are not train throughput
+            if pending is None:  # eval, samples and saves are not train throughput
                 window_start, window_steps = time.perf_counter(), 0
         if pending is not None:
             finish_step(*pending)
@@ -259,9 +270,21 @@ def _train(
         last_eval = evaluate(eval_fn, state.params, eval_batches)
         _say(f"Nothing to do: {workdir} already reached step {start}.")
     if last_eval and int(jax.device_get(state.step)) == total_steps:
-        writer.hparams(_hparams(experiment), {"hparams/eval_loss": last_eval["eval/loss"]})
+        hparams = {**_hparams(experiment), **options.hparams}
+        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
     writer.close()
     return last_eval
+
+
+def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
+    """Random parameters, or trainer.init_from's, with a fresh optimizer state."""
+    model, trainer = experiment.model, experiment.trainer
+    if trainer.init_from:
+        params = init_from.load(trainer.init_from, model.config, shardings.params)
+        return state_lib.state_from_params(params, tx, trainer.seed, shardings)
+    parallel = model.config.parallel
+    seq_len = experiment.data.sequence_length
+    return state_lib.init_state(model, tx, seq_len, trainer.seed, experiment.mesh, parallel)[0]
 
 
 def _say(message: str) -> None:

@@ -35,6 +35,11 @@ class MetricWriter:
             # Markdown code block keeps the config's alignment in TensorBoard's text tab.
             self._writer.add_text(name, "```\n" + body + "\n```", global_step=step)
 
+    def markdown(self, step: int, name: str, body: str) -> None:
+        """Text that TensorBoard renders as markdown (headings, code blocks)."""
+        if self._writer is not None:
+            self._writer.add_text(name, body, global_step=step)
+
     def hparams(self, hparams: dict[str, object], final_metrics: dict[str, float]) -> None:
         """One row of TensorBoard's HParams tab: the settings and how the run ended."""
         if self._writer is not None:
