@@ -21,8 +21,6 @@ from jax.experimental import multihost_utils
 
 from llama_fdl import saved_run
 from llama_fdl.cli import ConfigError, diff, flatten, identity, render, safe_load, typecheck
-from llama_fdl.data import corpus
-from llama_fdl.data.config import DataConfig
 from llama_fdl.run_lock import RunDirectoryBusy, RunLock
 from llama_fdl.train import aot
 from llama_fdl.train import checkpoint as ckpt
@@ -72,35 +70,9 @@ def check(cfg: fdl.Buildable) -> Experiment:
     if experiment.trainer.init_from:
         saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
-    _check_eval_fits(experiment.data)
+    experiment.data.check_eval_fits()
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
     return experiment
-
-
-def _check_eval_fits(data: DataConfig) -> None:
-    """The fixed eval batches must fit in the validation split; counted from file sizes, no TF.
-
-    A packed sequence holds at most sequence_length tokens, and the split holds one token per byte
-    plus one EOS per chunk, so this bound is necessary; packing loses a little more, which
-    `pipeline.eval_batches` still catches exactly once the data is loaded.
-    """
-    files = corpus.list_files(data.root, "validation")
-    chunk = data.sequence_length - 1
-    available = sum(size + -(-size // chunk) for size in (f.stat().st_size for f in files))
-    per_batch = data.batch_size * data.sequence_length
-    needed = data.num_eval_batches * per_batch
-    if needed > available:
-        fits = available // per_batch
-        fix = (
-            f"lower data.num_eval_batches to at most {fits}"
-            if fits
-            else "lower data.sequence_length or data.batch_size"
-        )
-        raise ConfigError(
-            f"data.num_eval_batches={data.num_eval_batches} batches of {data.batch_size}x"
-            f"{data.sequence_length} tokens need {needed:,} validation tokens, but the validation "
-            f"split of {data.root} has at most {available:,}; {fix}."
-        )
 
 
 def dry_run(experiment: Experiment) -> aot.DryRunReport:
