@@ -25,6 +25,23 @@ def launch(*args: str, timeout: int = 300, env: dict[str, str] | None = None) ->
     )
 
 
+def run_here(workdir: pathlib.Path, **settings) -> dict[str, float]:
+    """experiments.tiny with `settings` (dotted path -> value) run by `llama_fdl.runner.run` in this
+    process: what the launcher runs, without a new process's start-up (JAX, TensorFlow, seqio:
+    most of a tiny launch's time), for tests whose point is not the process boundary. Returns
+    the final eval metrics; errors propagate as the launcher would catch them."""
+    import functools
+
+    import experiments
+    from llama_fdl import runner
+
+    cfg = experiments.tiny()
+    for path, value in settings.items():
+        *parents, leaf = path.split(".")
+        setattr(functools.reduce(getattr, parents, cfg), leaf, value)
+    return runner.run(cfg, workdir)
+
+
 def start(*args: str) -> subprocess.Popen:
     """The launcher in the background, stdout and stderr merged."""
     return subprocess.Popen(
