@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from llama_fdl.model import initializers, remat
 from llama_fdl.model.attention_backends import attend, check_cudnn_available, masked_attention
 from llama_fdl.model.config import LlamaConfig
 from llama_fdl.model.kv_cache import KV_AXES, KVCache
@@ -36,10 +37,15 @@ from llama_fdl.model.rotary import apply_rotary, rotary_angles
 RESIDUAL_AXES = ("batch", "length", "embed")
 HEAD_AXES = ("batch", "length", "heads", "head_dim")
 MLP_AXES = ("batch", "length", "mlp")
+INTERMEDIATES = "intermediates"
+"""The collection the blocks sow their output statistics into (apply with mutable=[INTERMEDIATES])."""
 
 
-def _kernel_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
-    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+def _kernel_init(
+    cfg: LlamaConfig, role: initializers.Role, names: tuple[str, ...]
+) -> nn.initializers.Initializer:
+    init = initializers.kernel(cfg, role, nn.initializers.lecun_normal())
+    return nn.with_logical_partitioning(init, names)
 
 
 class HeadsDense(nn.Module):
@@ -57,13 +63,15 @@ class HeadsDense(nn.Module):
     bias_axes: tuple[str, ...]
     use_bias: bool
     dtype: jnp.dtype
+    kernel_init: nn.initializers.Initializer | None = None
+    """None: lecun normal with the fan-in taken over all contracted axes."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = self.num_contracted
         contracted, leading = x.shape[-n_in:], x.shape[:-n_in]
         # lecun_normal with the fan-in taken over all contracted axes, as for a flattened kernel.
-        init = nn.initializers.variance_scaling(
+        init = self.kernel_init or nn.initializers.variance_scaling(
             1.0,
             "fan_in",
             "truncated_normal",
@@ -128,6 +136,7 @@ class SelfAttentionBlock(nn.Module):
             num_contracted=1,
             use_bias=cfg.use_bias or cfg.qkv_bias,
             dtype=dtype,
+            kernel_init=initializers.kernel(cfg, "input", None),
         )
         query = project(
             features=(cfg.num_heads, cfg.head_dim),
@@ -178,9 +187,11 @@ class SelfAttentionBlock(nn.Module):
             bias_axes=("embed",),
             use_bias=cfg.use_bias,
             dtype=dtype,
+            kernel_init=initializers.kernel(cfg, "residual_output", None),
             name="out",
         )(o_BSNH)
         out_BSD = _dropout(cfg, self.train, out_BSD)
+        _record(self, "attn_out", out_BSD)
         return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
 
 
@@ -205,7 +216,7 @@ class FFNBlock(nn.Module):
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("embed", "mlp")),
+            kernel_init=_kernel_init(cfg, "input", ("embed", "mlp")),
             bias_init=_bias_init(("mlp",)),
         )
         gate_TF = widen(name="gate")(h_TD)
@@ -217,11 +228,12 @@ class FFNBlock(nn.Module):
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("mlp", "embed")),
+            kernel_init=_kernel_init(cfg, "residual_output", ("mlp", "embed")),
             bias_init=_bias_init(("embed",)),
             name="down",
         )(hidden_TF)
         out_BSD = _dropout(cfg, self.train, out_TD.reshape(x_BSD.shape))
+        _record(self, "ffn_out", out_BSD)
         return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
 
 
@@ -239,9 +251,11 @@ class TransformerBlock(nn.Module):
         pos_BS: jax.Array | None = None,
         segment_ids_BS: jax.Array | None = None,
     ) -> jax.Array:
-        attention = SelfAttentionBlock(self.config, self.train, self.decode, name="attention")
-        x_BSD = attention(x_BSD, pos_BS, segment_ids_BS)
-        return FFNBlock(self.config, self.train, name="ffn")(x_BSD)
+        cfg = self.config
+        attention_cls = remat.sublayer(SelfAttentionBlock, "attention", cfg, self.decode)
+        x_BSD = attention_cls(cfg, self.train, self.decode, name="attention")(x_BSD, pos_BS, segment_ids_BS)
+        ffn_cls = remat.sublayer(FFNBlock, "ffn", cfg, self.decode)
+        return ffn_cls(cfg, self.train, name="ffn")(x_BSD)
 
 
 def _dropout(cfg: LlamaConfig, train: bool, x: jax.Array) -> jax.Array:
@@ -249,3 +263,14 @@ def _dropout(cfg: LlamaConfig, train: bool, x: jax.Array) -> jax.Array:
     if not train or cfg.dropout_rate == 0.0:
         return x
     return nn.Dropout(rate=cfg.dropout_rate, deterministic=False)(x)
+
+
+def _record(module: nn.Module, prefix: str, out_BSD: jax.Array) -> None:
+    """Sows xlstm-jax's statistics of a sub-layer's output (before the residual add): the std over
+    D averaged over tokens, and the largest |value|. Only when "intermediates" is mutable, so a
+    normal step traces nothing extra."""
+    if not module.is_mutable_collection(INTERMEDIATES):
+        return
+    out_BSD = out_BSD.astype(jnp.float32)
+    module.sow(INTERMEDIATES, f"{prefix}_std", jnp.std(out_BSD, axis=-1).mean())
+    module.sow(INTERMEDIATES, f"{prefix}_abs_max", jnp.max(jnp.abs(out_BSD)))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from llama_fdl.model import initializers
 from llama_fdl.model.attention_backends import check_cudnn_available
 from llama_fdl.model.blocks import RESIDUAL_AXES, default_positions
 from llama_fdl.model.config import LlamaConfig
@@ -81,7 +82,9 @@ class LlamaTransformer(nn.Module):
             dtype=cfg._dtype,
             param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
+                initializers.kernel(
+                    cfg, "embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+                ),
                 ("vocab", "embed"),
             ),
             name="embed",
@@ -92,7 +95,7 @@ class LlamaTransformer(nn.Module):
         x_BSD = nn.with_logical_constraint(x_BSD, RESIDUAL_AXES)
 
         stack = TransformerBlockStack(cfg, name="block_stack")
-        x_BSD = stack(x_BSD, pos_BS, segment_ids_BS, train, decode)
+        x_BSD = stack(x_BSD, pos_BS, train=train, segment_ids=segment_ids_BS, decode=decode)
         x_BSD = RMSNorm(dtype=cfg._dtype, eps=cfg.norm_eps, name="final_norm")(x_BSD)
         # A 2-D matmul over the flattened tokens, as in the blocks (see llama_fdl.model.blocks).
         x_TD = x_BSD.reshape(batch * seq_len, cfg.embedding_dim)
@@ -104,7 +107,9 @@ class LlamaTransformer(nn.Module):
                 use_bias=cfg.use_bias,
                 dtype=cfg._dtype,
                 param_dtype=jnp.float32,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                kernel_init=nn.with_logical_partitioning(
+                    initializers.kernel(cfg, "head", nn.initializers.lecun_normal()), ("embed", "vocab")
+                ),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                 name="lm_head",
             )(x_TD)
