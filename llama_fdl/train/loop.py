@@ -24,7 +24,7 @@ from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 from llama_fdl.train.preemption import StopRequest
-from llama_fdl.train.step import eval_step
+from llama_fdl.train.step import eval_step, jit_train_step
 
 
 @dataclasses.dataclass
@@ -156,6 +156,18 @@ def _train(
         )
         _say(compiled.describe())
         step_fn = compiled.step
+    intermediates_step_fn = None  # compiled on its first use, so runs without it pay nothing
+    if trainer.log_intermediates_every:
+        intermediates_step_fn = jit_train_step(
+            model,
+            tx,
+            schedule,
+            mesh,
+            shardings,
+            num_microbatches=trainer.num_microbatches,
+            skip_nonfinite=trainer.skip_nonfinite_steps,
+            with_intermediates=True,
+        )
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
     )
@@ -170,6 +182,9 @@ def _train(
     def finish_step(step: int, device_metrics) -> None:
         nonlocal window_start, window_steps, skipped
         values = jax.device_get(device_metrics)
+        intermediates = {k: values.pop(k) for k in list(values) if k.startswith("intermediates/")}
+        if intermediates:  # each block's, at this step only: not averaged with other steps
+            writer.scalars(step, intermediates)
         if values.pop("train/nonfinite") > 0:
             if not trainer.skip_nonfinite_steps:
                 raise NonFiniteLoss(step, float(values["train/loss"]), float(values["opt/grad_norm"]))
@@ -207,7 +222,9 @@ def _train(
             if options.profile_steps and done == options.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir))
             batch = pipeline.to_global(next(train_iter), batch_sh)
-            state, device_metrics = step_fn(state, batch)
+            every = trainer.log_intermediates_every
+            recording = every and done % every == 0
+            state, device_metrics = (intermediates_step_fn if recording else step_fn)(state, batch)
             if pending is not None:
                 finish_step(*pending)
             pending = (done, device_metrics)
