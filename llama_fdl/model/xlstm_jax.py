@@ -55,6 +55,8 @@ def parallel_config(
     """llama_fdl's ParallelConfig for xlstm-jax's ParallelConfig keywords (same names, same
     defaults); raises ValueError in one sentence for what llama_fdl does not do."""
     del pipeline_axis_name  # names an axis of size 1, which llama_fdl's mesh does not have
+    block_remat = remat_from_modules(remat)
+    _check_fsdp_modules(fsdp_modules, fsdp_axis_size)
     if pipeline_axis_size != 1:
         raise ValueError(
             f"pipeline_axis_size={pipeline_axis_size}: llama_fdl has no pipeline parallelism; set "
@@ -75,7 +77,6 @@ def parallel_config(
                 "cast to LlamaConfig.dtype where they are used, gradients stay float32); set "
                 f"{name}=None and choose the compute dtype with LlamaConfig.dtype."
             )
-    _check_fsdp_modules(fsdp_modules, fsdp_axis_size)
     return ParallelConfig(
         data_axis_name=data_axis_name,
         fsdp_axis_name=fsdp_axis_name,
@@ -84,7 +85,7 @@ def parallel_config(
         fsdp_axis_size=fsdp_axis_size,
         tensor_axis_size=model_axis_size,
         fsdp_min_weight_size=fsdp_min_weight_size,
-        remat=remat_from_modules(remat),
+        remat=block_remat,
     )
 
 
