@@ -27,11 +27,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model import initializers, remat
 from llama_fdl.model.attention_backends import attend, check_cudnn_available, masked_attention
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.initializers import Role, kernel_initializer
 from llama_fdl.model.kv_cache import KV_AXES, KVCache
 from llama_fdl.model.norm import RMSNorm
+from llama_fdl.model.remat import remat_sublayer
 from llama_fdl.model.rotary import apply_rotary, rotary_angles
 
 RESIDUAL_AXES = ("batch", "length", "embed")
@@ -41,10 +42,8 @@ INTERMEDIATES = "intermediates"
 """The collection the blocks sow their output statistics into (apply with mutable=[INTERMEDIATES])."""
 
 
-def _kernel_init(
-    cfg: LlamaConfig, role: initializers.Role, names: tuple[str, ...]
-) -> nn.initializers.Initializer:
-    init = initializers.kernel(cfg, role, nn.initializers.lecun_normal())
+def _kernel_init(cfg: LlamaConfig, role: Role, names: tuple[str, ...]) -> nn.initializers.Initializer:
+    init = kernel_initializer(cfg, role, nn.initializers.lecun_normal())
     return nn.with_logical_partitioning(init, names)
 
 
@@ -136,7 +135,7 @@ class SelfAttentionBlock(nn.Module):
             num_contracted=1,
             use_bias=cfg.use_bias or cfg.qkv_bias,
             dtype=dtype,
-            kernel_init=initializers.kernel(cfg, "input", None),
+            kernel_init=kernel_initializer(cfg, "input", None),
         )
         query = project(
             features=(cfg.num_heads, cfg.head_dim),
@@ -187,7 +186,7 @@ class SelfAttentionBlock(nn.Module):
             bias_axes=("embed",),
             use_bias=cfg.use_bias,
             dtype=dtype,
-            kernel_init=initializers.kernel(cfg, "residual_output", None),
+            kernel_init=kernel_initializer(cfg, "residual_output", None),
             name="out",
         )(o_BSNH)
         out_BSD = _dropout(cfg, self.train, out_BSD)
@@ -252,9 +251,9 @@ class TransformerBlock(nn.Module):
         segment_ids_BS: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
-        attention_cls = remat.sublayer(SelfAttentionBlock, "attention", cfg, self.decode)
+        attention_cls = remat_sublayer(SelfAttentionBlock, "attention", cfg, self.decode)
         x_BSD = attention_cls(cfg, self.train, self.decode, name="attention")(x_BSD, pos_BS, segment_ids_BS)
-        ffn_cls = remat.sublayer(FFNBlock, "ffn", cfg, self.decode)
+        ffn_cls = remat_sublayer(FFNBlock, "ffn", cfg, self.decode)
         return ffn_cls(cfg, self.train, name="ffn")(x_BSD)
 
 

@@ -33,7 +33,7 @@ def wang_init_std(embedding_dim: int, num_blocks: int) -> float:
     return 2.0 / (2 * num_blocks) / math.sqrt(embedding_dim)
 
 
-def kernel(
+def kernel_initializer(
     config: LlamaConfig, role: Role, default: nn.initializers.Initializer | None
 ) -> nn.initializers.Initializer | None:
     """The initializer of a kernel playing `role`: `default` under "lecun" (None: the layer's

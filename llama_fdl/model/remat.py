@@ -25,7 +25,7 @@ _SUBLAYERS = {
 }
 
 
-def block(cls: type[nn.Module], config: LlamaConfig, decode: bool) -> type[nn.Module]:
+def remat_block(cls: type[nn.Module], config: LlamaConfig, decode: bool) -> type[nn.Module]:
     """The block class, wrapped in nn.remat when the whole block is rematerialized."""
     remat = config.parallel.remat
     if decode or remat not in _WHOLE_BLOCK:  # decoding has no backward pass to save memory for
@@ -33,7 +33,7 @@ def block(cls: type[nn.Module], config: LlamaConfig, decode: bool) -> type[nn.Mo
     return nn.remat(cls, policy=_WHOLE_BLOCK[remat], prevent_cse=_prevent_cse(config))
 
 
-def sublayer(cls: type[nn.Module], name: str, config: LlamaConfig, decode: bool) -> type[nn.Module]:
+def remat_sublayer(cls: type[nn.Module], name: str, config: LlamaConfig, decode: bool) -> type[nn.Module]:
     """The sub-layer class `name` ("attention" or "ffn"), wrapped in nn.remat when the config
     rematerializes that sub-layer on its own."""
     if decode or name not in _SUBLAYERS.get(config.parallel.remat, ()):

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model import remat
 from llama_fdl.model.blocks import INTERMEDIATES, TransformerBlock
 from llama_fdl.model.config import LlamaConfig
 from llama_fdl.model.masks import resolve_segment_ids
+from llama_fdl.model.remat import remat_block
 
 SCANNED_NAME = "blocks"
 LAYERS_AXIS = "layers"
@@ -74,7 +74,7 @@ class TransformerBlockStack(nn.Module):
             masking = cfg.mask_across_document_boundaries
             segment_ids = resolve_segment_ids(segment_ids, document_borders, masking)
         pos_BS, segment_ids_BS = pos_idx, segment_ids
-        block_cls = remat.block(TransformerBlock, cfg, decode)
+        block_cls = remat_block(TransformerBlock, cfg, decode)
         if not cfg.scan_blocks:
             for i in range(cfg.num_blocks):
                 x_BSD = block_cls(cfg, train, decode, name=f"block_{i}")(x_BSD, pos_BS, segment_ids_BS)

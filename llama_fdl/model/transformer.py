@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model import initializers
 from llama_fdl.model.attention_backends import check_cudnn_available
 from llama_fdl.model.blocks import RESIDUAL_AXES, default_positions
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.initializers import kernel_initializer
 from llama_fdl.model.masks import resolve_segment_ids
 from llama_fdl.model.norm import RMSNorm
 from llama_fdl.model.stack import TransformerBlockStack
@@ -82,7 +82,7 @@ class LlamaTransformer(nn.Module):
             dtype=cfg._dtype,
             param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(
-                initializers.kernel(
+                kernel_initializer(
                     cfg, "embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
                 ),
                 ("vocab", "embed"),
@@ -108,7 +108,7 @@ class LlamaTransformer(nn.Module):
                 dtype=cfg._dtype,
                 param_dtype=jnp.float32,
                 kernel_init=nn.with_logical_partitioning(
-                    initializers.kernel(cfg, "head", nn.initializers.lecun_normal()), ("embed", "vocab")
+                    kernel_initializer(cfg, "head", nn.initializers.lecun_normal()), ("embed", "vocab")
                 ),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                 name="lm_head",
