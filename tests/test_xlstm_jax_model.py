@@ -256,3 +256,12 @@ def test_scanned_intermediates_equal_unrolled_ones():
     assert values[True].keys() == values[False].keys() and len(values[True]) == 8
     for name in values[True]:
         np.testing.assert_allclose(values[True][name], values[False][name], rtol=1e-5, err_msg=name)
+
+
+def test_precomputed_freqs_are_refused_by_the_block():
+    from llama_fdl.model import TransformerBlock
+
+    x_BSD = jnp.zeros((1, 4, 32))
+    freqs = (jnp.zeros((1, 4, 4)), jnp.ones((1, 4, 4)))  # xlstm-jax's (sin, cos)
+    with pytest.raises(ValueError, match="not xlstm-jax's precomputed"):
+        TransformerBlock(config()).init(jax.random.key(0), x_BSD, freqs)

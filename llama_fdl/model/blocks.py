@@ -126,6 +126,11 @@ class SelfAttentionBlock(nn.Module):
         if cfg.attention_backend == "cudnn":
             check_cudnn_available(dtype)
         batch, seq_len, _ = x_BSD.shape
+        if isinstance(pos_BS, tuple | list):
+            raise ValueError(
+                "SelfAttentionBlock takes [B, S] positions, not xlstm-jax's precomputed (sin, cos) "
+                "freqs; pass pos_idx and the rotary angles are computed inside."
+            )
         if pos_BS is None:
             pos_BS = default_positions(batch, seq_len)
 
