@@ -16,6 +16,7 @@ from llama_fdl.model import (
     LlamaTransformer,
     ParallelConfig,
     TransformerBlockStack,
+    blocks,
     scanned_to_unrolled_params,
 )
 from llama_fdl.model.initializers import small_init_std, wang_init_std
@@ -265,3 +266,18 @@ def test_precomputed_freqs_are_refused_by_the_block():
     freqs = (jnp.zeros((1, 4, 4)), jnp.ones((1, 4, 4)))  # xlstm-jax's (sin, cos)
     with pytest.raises(ValueError, match="not xlstm-jax's precomputed"):
         TransformerBlock(config()).init(jax.random.key(0), x_BSD, freqs)
+
+
+def test_a_normal_forward_pass_traces_nothing_for_the_intermediates(monkeypatch):
+    model = LlamaTransformer(config())
+    idx = jnp.zeros((2, 8), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), idx)["params"]
+
+    def traced(mutable):
+        return str(jax.make_jaxpr(lambda p: model.apply({"params": p}, idx, mutable=mutable))(params))
+
+    normal, recording = traced(False), traced(["intermediates"])
+    monkeypatch.setattr(blocks, "_record", lambda *args: None)  # the model without the feature
+    assert traced(False) == normal
+    # Control: when recording, the statistics are computed, so the same comparison differs.
+    assert traced(["intermediates"]) != recording
