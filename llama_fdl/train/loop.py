@@ -24,7 +24,7 @@ from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 from llama_fdl.train.preemption import StopRequest
-from llama_fdl.train.step import eval_step, jit_train_step
+from llama_fdl.train.step import eval_step
 
 
 @dataclasses.dataclass
@@ -141,9 +141,10 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    step_fn = None  # a finished run has no step to compile
+    step_fn = intermediates_step_fn = None  # a finished run has no step to compile
     if start < total_steps:
-        compiled = aot.compile_train_step(
+        compile_step = functools.partial(
+            aot.compile_train_step,
             model,
             tx,
             schedule,
@@ -154,20 +155,15 @@ def _train(
             num_microbatches=trainer.num_microbatches,
             skip_nonfinite=trainer.skip_nonfinite_steps,
         )
+        compiled = compile_step()
         _say(compiled.describe())
         step_fn = compiled.step
-    intermediates_step_fn = None  # compiled on its first use, so runs without it pay nothing
-    if trainer.log_intermediates_every:
-        intermediates_step_fn = jit_train_step(
-            model,
-            tx,
-            schedule,
-            mesh,
-            shardings,
-            num_microbatches=trainer.num_microbatches,
-            skip_nonfinite=trainer.skip_nonfinite_steps,
-            with_intermediates=True,
-        )
+        if trainer.log_intermediates_every:
+            # A second program for the recording steps, compiled now so no step window times it;
+            # the other steps keep the first, which computes no intermediates.
+            compiled = compile_step(with_intermediates=True)
+            _say(f"With intermediates: {compiled.describe()}")
+            intermediates_step_fn = compiled.step
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
     )
