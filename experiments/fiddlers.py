@@ -7,6 +7,7 @@ Fiddlers run before --fdl.PATH=VALUE settings, so a setting on the command line 
 
 import fiddle as fdl
 
+from llama_fdl.model import xlstm_jax
 from llama_fdl.model.config import RematPolicy
 
 
@@ -37,7 +38,8 @@ def fsdp(cfg: fdl.Config, size: int = -1) -> None:
 
 
 def remat(cfg: fdl.Config, policy: RematPolicy = "full") -> None:
-    """Recompute each block's activations in the backward pass: less memory, about 1/3 more compute."""
+    """Recompute each block's activations in the backward pass: less memory, about 1/3 more compute
+    for 'full' (also 'dots_saveable', 'attention', 'ffn', 'attention_and_ffn')."""
     cfg.model.config.parallel.remat = policy
 
 
@@ -60,3 +62,14 @@ def long_context(cfg: fdl.Config, sequence_length: int = 1024) -> None:
         )
     data.batch_size = tokens_per_batch // sequence_length
     data.sequence_length = sequence_length
+
+
+def xlstm_parallel(cfg: fdl.Config, **keywords) -> None:
+    """Lay out model and mesh from xlstm-jax ParallelConfig keywords (remat=['AttnBlock'], ...).
+
+    The shared ParallelConfig becomes a call of `llama_fdl.model.xlstm_jax.parallel_config`, so
+    later --fdl.model.config.parallel.NAME settings use xlstm-jax's names too.
+    """
+    parallel = fdl.Config(xlstm_jax.parallel_config, **keywords)
+    cfg.model.config.parallel = parallel
+    cfg.mesh.parallel = parallel

@@ -150,9 +150,10 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    step_fn = None  # a finished run has no step to compile
+    step_fn = intermediates_step_fn = None  # a finished run has no step to compile
     if start < total_steps:
-        compiled = aot.compile_train_step(
+        compile_step = functools.partial(
+            aot.compile_train_step,
             model,
             tx,
             schedule,
@@ -163,8 +164,15 @@ def _train(
             num_microbatches=trainer.num_microbatches,
             skip_nonfinite=trainer.skip_nonfinite_steps,
         )
+        compiled = compile_step()
         _say(compiled.describe())
         step_fn = compiled.step
+        if trainer.log_intermediates_every:
+            # A second program for the recording steps, compiled now so no step window times it;
+            # the other steps keep the first, which computes no intermediates.
+            compiled = compile_step(with_intermediates=True)
+            _say(f"With intermediates: {compiled.describe()}")
+            intermediates_step_fn = compiled.step
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
     )
@@ -181,6 +189,9 @@ def _train(
         nonlocal window_start, window_steps, skipped, agreed_stop
         values = jax.device_get(device_metrics)
         agreed_stop = agreed_stop or int(values.pop("stop/signal"))
+        intermediates = {k: values.pop(k) for k in list(values) if k.startswith("intermediates/")}
+        if intermediates:  # each block's, at this step only: not averaged with other steps
+            writer.scalars(step, intermediates)
         if values.pop("train/nonfinite") > 0:
             if not trainer.skip_nonfinite_steps:
                 raise NonFiniteLoss(step, float(values["train/loss"]), float(values["opt/grad_norm"]))
@@ -218,7 +229,11 @@ def _train(
             if options.profile_steps and done == options.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir))
             batch = pipeline.to_global(next(train_iter), batch_sh)
-            state, device_metrics = step_fn(state, batch, stop.flags(flag_sh))
+            every = trainer.log_intermediates_every
+            recording = every and done % every == 0
+            state, device_metrics = (intermediates_step_fn if recording else step_fn)(
+                state, batch, stop.flags(flag_sh)
+            )
             if pending is not None:
                 finish_step(*pending)
             pending = (done, device_metrics)
