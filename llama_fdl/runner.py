@@ -1,8 +1,8 @@
 """Runs a Fiddle experiment graph in a run directory: checks, saves the experiment, builds, trains.
 
 This is where the graph meets the run directory, so it is one of the places Fiddle lives. Every
-check that can fail runs in `check`, before the run directory is touched and before any data is
-loaded or anything compiled, so a bad config leaves nothing behind.
+check that can fail runs in `check`, before the run directory is touched and before anything is
+compiled, so a bad config leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import jax
 from fiddle.experimental import serialization
 
 from llama_fdl.cli import ConfigError, flatten, render, typecheck
-from llama_fdl.data import corpus
-from llama_fdl.data.config import DataConfig
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 
@@ -45,13 +43,14 @@ def one_line(error: BaseException) -> str:
 
 
 def check(cfg: fdl.Buildable) -> Experiment:
-    """Builds the graph and runs every check that needs no data and no compile; returns the build.
+    """Builds the graph and runs every check that needs no compile; returns the build.
 
     In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
-    the mesh against the devices, ...); cross-part checks (Experiment.validate); the optimizer's
-    schedule against the run length; the evaluation set against the validation split's size; and
-    the model initialised by shape (a trace, not a compile), which catches what only the model
-    code knows, such as an attention backend this platform lacks.
+    the vocabulary file, the mesh against the devices, ...); cross-part checks (Experiment.validate);
+    the optimizer's schedule against the run length; the model initialised by shape (a trace, not
+    a compile), which catches what only the model code knows, such as an attention backend this
+    platform lacks; and the data layer's own check (`llama_fdl.data.pipeline.check`: modules,
+    sources, the eval sets against the validation splits), which brings in TensorFlow.
     """
     typecheck.check_graph(cfg)
     experiment = fdl.build(cfg)
@@ -59,35 +58,11 @@ def check(cfg: fdl.Buildable) -> Experiment:
         raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
     experiment.validate()
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
-    _check_eval_fits(experiment.data)
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
+    from llama_fdl.data import pipeline  # TensorFlow: seconds that a config failing above never pays
+
+    pipeline.check(experiment.data)
     return experiment
-
-
-def _check_eval_fits(data: DataConfig) -> None:
-    """The fixed eval batches must fit in the validation split; counted from file sizes, no TF.
-
-    A packed sequence holds at most sequence_length tokens, and the split holds one token per byte
-    plus one EOS per chunk, so this bound is necessary; packing loses a little more, which
-    `pipeline.eval_batches` still catches exactly once the data is loaded.
-    """
-    files = corpus.list_files(data.root, "validation")
-    chunk = data.sequence_length - 1
-    available = sum(size + -(-size // chunk) for size in (f.stat().st_size for f in files))
-    per_batch = data.batch_size * data.sequence_length
-    needed = data.num_eval_batches * per_batch
-    if needed > available:
-        fits = available // per_batch
-        fix = (
-            f"lower data.num_eval_batches to at most {fits}"
-            if fits
-            else "lower data.sequence_length or data.batch_size"
-        )
-        raise ConfigError(
-            f"data.num_eval_batches={data.num_eval_batches} batches of {data.batch_size}x"
-            f"{data.sequence_length} tokens need {needed:,} validation tokens, but the validation "
-            f"split of {data.root} has at most {available:,}; {fix}."
-        )
 
 
 def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:

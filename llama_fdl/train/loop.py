@@ -41,20 +41,28 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf and the run was stopped."""
 
 
-def evaluate(eval_fn, params, batches: list[dict]) -> dict[str, float]:
-    """Loss and accuracy over the fixed eval batches, weighted by non-padding tokens."""
-    totals = None
-    for batch in batches:
-        stats = eval_fn(params, batch)
-        totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
-    totals = jax.device_get(totals)
-    weight = max(float(totals["weight_sum"]), 1.0)
-    loss = float(totals["loss_sum"]) / weight
-    return {
-        "eval/loss": loss,
-        "eval/perplexity": float(np.exp(loss)),
-        "eval/accuracy": float(totals["correct_sum"]) / weight,
-    }
+def evaluate(eval_fn, params, eval_sets: list[tuple[str, list[dict]]]) -> dict[str, float]:
+    """Loss, accuracy and bits per byte over each fixed eval set, weighted by non-padding tokens.
+
+    Bits per byte are the summed nats over the UTF-8 bytes the target tokens decode to, / ln 2,
+    so runs with different vocabularies compare on one axis. Each set's metrics are named with
+    its prefix (`eval/`, or `eval/<component>/` for a mixture's components).
+    """
+    metrics = {}
+    for prefix, batches in eval_sets:
+        totals = None
+        for batch in batches:
+            stats = eval_fn(params, batch)
+            totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
+        totals = jax.device_get(totals)
+        weight = max(float(totals["weight_sum"]), 1.0)
+        loss = float(totals["loss_sum"]) / weight
+        metrics[f"{prefix}loss"] = loss
+        metrics[f"{prefix}perplexity"] = float(np.exp(loss))
+        metrics[f"{prefix}accuracy"] = float(totals["correct_sum"]) / weight
+        nats_per_byte = float(totals["loss_sum"]) / max(float(totals["byte_sum"]), 1.0)
+        metrics[f"{prefix}bits_per_byte"] = nats_per_byte / np.log(2)
+    return metrics
 
 
 def train(
@@ -100,7 +108,9 @@ def _train(
     batch_sh = sharding.batch_sharding(mesh, parallel)
 
     train_iter = pipeline.train_iterator(data)
-    eval_batches = [pipeline.to_global(b, batch_sh) for b in pipeline.eval_batches(data)]
+    eval_sets = [
+        (s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in pipeline.eval_sets(data)
+    ]
     writer = metrics_lib.MetricWriter(str(workdir))
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
@@ -148,8 +158,10 @@ def _train(
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+    byte_lengths_V = jax.numpy.asarray(data.vocabulary.byte_lengths())
     eval_fn = jax.jit(
-        functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
+        functools.partial(eval_step, model=model, mesh=mesh, byte_lengths_V=byte_lengths_V),
+        in_shardings=(shardings.params, batch_sh),
     )
     tokens_per_step = data.batch_size * data.sequence_length
 
@@ -198,7 +210,7 @@ def _train(
             done = step + 1
             if options.profile_steps and done == options.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir))
-            batch = pipeline.to_global(next(train_iter), batch_sh)
+            batch = pipeline.to_global(pipeline.next_batch(train_iter), batch_sh)
             state, device_metrics = step_fn(state, batch)
             if pending is not None:
                 finish_step(*pending)
@@ -212,7 +224,7 @@ def _train(
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
-                last_eval = evaluate(eval_fn, state.params, eval_batches)
+                last_eval = evaluate(eval_fn, state.params, eval_sets)
                 writer.scalars(done, last_eval)
                 _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
             if saving or stop.requested:
@@ -242,7 +254,7 @@ def _train(
 
     # --- Finish --------------------------------------------------------------------------
     if start >= total_steps:
-        last_eval = evaluate(eval_fn, state.params, eval_batches)
+        last_eval = evaluate(eval_fn, state.params, eval_sets)
         _say(f"Nothing to do: {workdir} already reached step {start}.")
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         writer.hparams(_hparams(experiment), {"hparams/eval_loss": last_eval["eval/loss"]})
