@@ -234,7 +234,13 @@ def check_task(task: seqio.Task, vocabulary: seqio.Vocabulary) -> None:
     same = same and getattr(theirs, "sp_model", None) == getattr(vocabulary, "sp_model", None)
     if not same:
         raise DataError(
-            f"seqio Task {task.name!r} tokenizes with {theirs} ({theirs.vocab_size} ids) but "
-            f"data.vocabulary is {vocabulary} ({vocabulary.vocab_size} ids); set "
-            f"data.vocabulary.sentencepiece_model to the Task's model ('' for bytes)."
+            f"seqio Task {task.name!r} tokenizes with {_describe(theirs)} but data.vocabulary is "
+            f"{_describe(vocabulary)}; set data.vocabulary.sentencepiece_model="
+            f"{getattr(theirs, 'sentencepiece_model_file', '')!r} to match."
         )
+
+
+def _describe(vocabulary: seqio.Vocabulary) -> str:
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return f"the SentencePiece model {vocabulary.sentencepiece_model_file} ({vocabulary.vocab_size} ids)"
+    return f"{type(vocabulary).__name__} ({vocabulary.vocab_size} ids)"
