@@ -13,8 +13,7 @@ batches. The features are then seqio's own (`make_autoregressive_inputs`).
 
 from __future__ import annotations
 
-import seqio
-import tensorflow as tf
+from llama_fdl.data.quiet_import import seqio, tf
 
 FEATURES = (
     "decoder_input_tokens",

@@ -14,11 +14,10 @@ import dataclasses
 
 import jax
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from llama_fdl.data import packing, streams
 from llama_fdl.data.config import DataConfig
+from llama_fdl.data.quiet_import import seqio, tf
 from llama_fdl.data.sources import DataError
 
 FEATURES = packing.FEATURES

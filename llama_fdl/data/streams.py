@@ -21,9 +21,8 @@ import re
 import zlib
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
+from llama_fdl.data.quiet_import import seqio, tf
 from llama_fdl.data.sources import (
     Component,
     DataError,
@@ -35,9 +34,6 @@ from llama_fdl.data.sources import (
     files_of,
     shard_files,
 )
-
-# seqio is the data path's only TensorFlow user; keep TF off the accelerators.
-tf.config.set_visible_devices([], "GPU")
 
 CYCLE_LENGTH = 16
 """Files the train stream reads at once, taking one chunk from each in turn."""
