@@ -27,6 +27,7 @@ THIRD_PARTY = {
     "orbax": "orbax-checkpoint",
     "pytest": "pytest",
     "safetensors": "safetensors",
+    "sentencepiece": "sentencepiece",
     "seqio": "seqio",
     "tensorboard": "tensorboard",
     "tensorboardX": "tensorboardX",
