@@ -226,7 +226,7 @@ def _train(
             if evaluating:
                 last_eval = evaluate(eval_fn, state.params, eval_sets)
                 writer.scalars(done, last_eval)
-                _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
+                _say(_eval_line(done, last_eval))
             if saving or stop.requested:
                 ckpt.save(manager, done, state, train_iter, meta, force=True)
             if stop.requested:
@@ -256,10 +256,17 @@ def _train(
     if start >= total_steps:
         last_eval = evaluate(eval_fn, state.params, eval_sets)
         _say(f"Nothing to do: {workdir} already reached step {start}.")
+        _say(_eval_line(start, last_eval))
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         writer.hparams(_hparams(experiment), {"hparams/eval_loss": last_eval["eval/loss"]})
     writer.close()
     return last_eval
+
+
+def _eval_line(step: int, metrics: dict[str, float]) -> str:
+    return (
+        f"eval at step {step}: loss {metrics['eval/loss']:.4f}, {metrics['eval/bits_per_byte']:.4f} bits/byte"
+    )
 
 
 def _say(message: str) -> None:
