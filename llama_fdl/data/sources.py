@@ -90,15 +90,15 @@ class Component:
     """One source of a mixture, with its name (for `eval/<name>/loss`) and sampling rate."""
 
     name: str
-    """Names the component's eval metrics; letters, digits, `_` and `-`."""
+    """Names the component's eval metrics (`eval/<name>/loss`): letters, digits and `_-.:`."""
     source: Source
     """Where its documents come from."""
     rate: float = 1.0
     """Relative rate at which its chunks are sampled (rates are normalised to sum to 1)."""
 
     def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
-            raise DataError(f"Mixture component name {self.name!r} must be letters, digits, _ or -.")
+        if not self.name or not all(c.isalnum() or c in "_-.:" for c in self.name):
+            raise DataError(f"Mixture component name {self.name!r} must be letters, digits and _-.: only.")
         if not self.rate > 0:
             raise DataError(f"Mixture component {self.name!r} has rate {self.rate}; rates must be > 0.")
 
