@@ -18,7 +18,7 @@ import numpy as np
 from llama_fdl.data import packing, streams
 from llama_fdl.data.config import DataConfig
 from llama_fdl.data.quiet_import import seqio, tf
-from llama_fdl.data.sources import DataError
+from llama_fdl.data.sources import DataError, Mixture, Source
 
 FEATURES = packing.FEATURES
 
@@ -49,7 +49,10 @@ def _this_shard() -> seqio.ShardInfo:
 
 
 def packed_dataset(
-    config: DataConfig, split: str, shard: seqio.ShardInfo | None = None, source=None
+    config: DataConfig,
+    split: str,
+    shard: seqio.ShardInfo | None = None,
+    source: Source | Mixture | None = None,
 ) -> tf.data.Dataset:
     """Packed, batched examples of `split` for this process (its own shard of the data).
 
