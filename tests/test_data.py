@@ -11,7 +11,7 @@ import tensorflow as tf
 from data_corpora import write_jsonl_corpus, write_mixture_corpus, write_text_files
 
 from llama_fdl import builders
-from llama_fdl.data import pipeline, sources, streams
+from llama_fdl.data import pipeline, segments, sources, streams
 from llama_fdl.data.config import DataConfig
 from llama_fdl.data.sources import Component, JsonlFiles, Mixture, StdlibCorpus, TextFiles
 from llama_fdl.data.vocabulary import BYTE_VOCAB_SIZE, Vocabulary
@@ -111,7 +111,7 @@ def test_packed_batches_hold_the_files_text_whole(tmp_path):
 
 
 def test_train_stream_interleaves_files_in_a_seeded_order(tmp_path):
-    write_text_files(tmp_path, n=60)
+    texts = write_text_files(tmp_path, n=60)
     source = TextFiles(str(tmp_path / "**" / "*.txt"))
 
     def first(seed):
@@ -120,10 +120,10 @@ def test_train_stream_interleaves_files_in_a_seeded_order(tmp_path):
 
     np.testing.assert_array_equal(first(0), first(0))
     assert not np.array_equal(first(0), first(1))
-    # One batch mixes several files: the stream reads CYCLE_LENGTH files at a time.
+    # One batch mixes chunks of many files (the chunks of all files come in a shuffled order).
     batch = next(pipeline.packed_dataset(_config(source, batch_size=8), "train").as_numpy_iterator())
-    names = {_text_of(s).split(b":")[0] for s in _segments(batch) if _text_of(s).startswith(b"doc ")}
-    assert len(names) >= 4
+    homes = [{p for p, t in texts.items() if _text_of(s) in t.encode()} for s in _segments(batch)]
+    assert len(set().union(*(h for h in homes if len(h) == 1))) >= 4
 
 
 def test_an_epoch_reads_every_train_document_once(tmp_path):
@@ -256,3 +256,48 @@ def test_the_builders_make_each_source(tmp_path):
         (Component("a", TextFiles("x/*.txt")), Component("b", JsonlFiles("y/*.jsonl", field="body")))
     )
     assert os.path.isdir(sources.stdlib_dir())
+
+
+def test_text_segments_give_the_chunks_of_whole_files(tmp_path):
+    """Bytes: an epoch of the segment stream is exactly the chunks of each whole file."""
+    texts = write_text_files(tmp_path, n=12)
+    files = sorted(texts)
+    vocabulary = Vocabulary().seqio()
+    count = sum(-(-(len(t.encode()) + 1) // 32) for t in texts.values())
+    epoch = list(segments.segment_chunks(files, vocabulary, 32, seed=0).take(count).as_numpy_iterator())
+    whole = [
+        c
+        for f in files
+        for c in streams.chunks_of(vocabulary.encode_tf(tf.io.read_file(f)), 1, 32).as_numpy_iterator()
+    ]
+
+    def key(c):
+        return c["tokens"][: c["length"]].tobytes()
+
+    assert sorted(map(key, epoch)) == sorted(map(key, whole))
+    assert list(map(key, epoch)) != list(map(key, whole))  # in another order: shuffled
+    next_epoch = list(
+        segments.segment_chunks(files, vocabulary, 32, seed=0).take(2 * count).as_numpy_iterator()
+    )
+    assert sorted(map(key, next_epoch[count:])) == sorted(map(key, whole))
+
+
+def test_line_segments_partition_each_file_at_line_starts(tmp_path):
+    """Other vocabularies: segments cover the file exactly and begin at line starts (or at a
+    boundary a line reaches past)."""
+    lines = [("x" * int(n)) + "\n" for n in np.random.default_rng(0).integers(0, 90, size=300)]
+    lines[40] = "y" * 700 + "\n"  # a line longer than a segment is cut
+    path = tmp_path / "f.txt"
+    path.write_text("".join(lines))
+    size, bytes_per_segment = path.stat().st_size, 256
+    count = -(-size // bytes_per_segment)
+    pieces = [
+        segments._lines(tf.constant(str(path)), tf.constant(size, tf.int64), tf.constant(j, tf.int64),
+                        tf.constant(j == count - 1), bytes_per_segment).numpy()
+        for j in range(count)
+    ]  # fmt: skip
+    assert b"".join(pieces) == path.read_bytes()
+    starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])
+    text = path.read_bytes()
+    assert all(s == 0 or text[s - 1 : s] == b"\n" or s % bytes_per_segment == 0 for s in starts)
+    assert sum(1 for s in starts if s and text[s - 1 : s] != b"\n") >= 1  # the long line was cut

@@ -149,3 +149,27 @@ def test_the_stdlib_vocabulary_is_trained_once_and_cached(tmp_path, monkeypatch)
     assert (tmp_path / first.split("/")[-1]).stat().st_mtime_ns == stamp  # read, not retrained
     assert tokenizer.stdlib_sentencepiece(vocab_size=330) != first  # another recipe, another file
     assert json.dumps(first)  # a plain path, what the graph records
+
+
+def test_line_segments_tokenize_to_the_tokens_of_the_whole_file(model_file, tmp_path):
+    """The train stream tokenizes segments of a file alone; pieces never span a newline, so
+    together they are the whole file's tokens (a segment boundary inside a line would not be)."""
+    import tensorflow as tf
+
+    from llama_fdl.data import segments
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+    path = tmp_path / "code.py"
+    path.write_text((CODE + "x = 'naïve café ✓'\n") * 40)
+    size, segment_bytes = path.stat().st_size, 200
+    count = -(-size // segment_bytes)
+    texts = [
+        segments._lines(tf.constant(str(path)), tf.constant(size, tf.int64), tf.constant(j, tf.int64),
+                        tf.constant(j == count - 1), segment_bytes).numpy().decode()
+        for j in range(count)
+    ]  # fmt: skip
+    assert sum((sp.encode(t) for t in texts), []) == sp.encode(path.read_text())
+    # Control: cutting at byte multiples instead (inside lines) changes the tokens.
+    raw = path.read_bytes()
+    cut = [raw[i : i + segment_bytes].decode(errors="replace") for i in range(0, size, segment_bytes)]
+    assert sum((sp.encode(t) for t in cut), []) != sp.encode(path.read_text())

@@ -74,6 +74,9 @@ def packed_dataset(
     # checkpoint of the iterator would hold what they had buffered.
     options.experimental_optimization.inject_prefetch = False
     options.experimental_optimization.map_parallelization = False
+    # Reading a text segment by offset runs a one-element dataset inside a map, an op tf.data calls
+    # stateful; it reads the same bytes again on restore, so there is no state to lose.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     return batches.with_options(options)
 
 

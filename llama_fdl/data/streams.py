@@ -4,12 +4,13 @@ A chunk is `{"tokens": [L] int32, "length": int32}`: up to L = sequence_length c
 tokens of one document, zero-padded. A document's tokens end with EOS and are cut into chunks of
 L, so seqio's rule that an example longer than the sequence is truncated never drops text.
 
-Files are streamed, never read whole into memory: the train stream visits the files of each
-epoch in a seeded permutation (`index_shuffle`, stateless) and reads `CYCLE_LENGTH` of them at a
-time, one chunk from each in turn (`interleave`); validation reads its files in order. A text
-file is one document; a JSONL line is one document. Nothing here buffers examples to shuffle
-them: a tf.data checkpoint of these streams holds counters, the names of the files being read
-and the line being chunked, whatever the corpus size.
+Files are streamed, never read whole into memory at once. Validation reads its files in order.
+The train stream of text files visits segments of all files in a seeded order per epoch, read by
+offset (`llama_fdl.data.segments`); that of JSONL files visits the files in a seeded permutation
+per epoch (`index_shuffle`, stateless) and reads `CYCLE_LENGTH` of them at a time, one chunk from
+each in turn (`interleave`). A text file is one document; a JSONL line is one document. Nothing
+here buffers examples to shuffle them: a tf.data checkpoint of these streams holds counters, the
+names of the files being read and the JSONL line being chunked, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import zlib
 
 import numpy as np
 
+from llama_fdl.data import segments
 from llama_fdl.data.quiet_import import seqio, tf
 from llama_fdl.data.sources import (
     Component,
@@ -146,6 +148,8 @@ def _file_chunks(source: FileSource, split, shard, vocabulary, length, seed) -> 
 
     if split != "train":
         return tf.data.Dataset.from_tensor_slices(names).flat_map(read)
+    if not isinstance(source, JsonlFiles):
+        return segments.segment_chunks(files, vocabulary, length, seed)
     return _epochs(names, seed).interleave(read, cycle_length=min(CYCLE_LENGTH, len(files)), block_length=1)
 
 
