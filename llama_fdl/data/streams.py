@@ -38,7 +38,7 @@ from llama_fdl.data.sources import (
 )
 
 CYCLE_LENGTH = 16
-"""Files the train stream reads at once, taking one chunk from each in turn."""
+"""JSONL files the train stream reads at once, taking one chunk from each in turn."""
 
 _BAD_DOCUMENT = "llama_fdl bad document: "
 
@@ -121,35 +121,39 @@ def chunks_of(tokens: tf.Tensor, eos_id: int, length: int) -> tf.data.Dataset:
 def _file_chunks(source: FileSource, split, shard, vocabulary, length, seed) -> tf.data.Dataset:
     what = f"the {split} split of {type(source).__name__}"
     files = shard_files(files_of(source, split), shard.index, shard.num_shards, what)
-    names = tf.constant(files)
     if isinstance(source, JsonlFiles):
-        field = source.field
+        return _jsonl_chunks(files, source.field, split, vocabulary, length, seed)
+    if split == "train":
+        return segments.segment_chunks(files, vocabulary, length, seed)
 
-        @_plain
-        def read(name):
-            compression = tf.where(tf.strings.regex_full_match(name, r".*\.gz"), "GZIP", "")
-            lines = tf.data.TextLineDataset(name, compression_type=compression).enumerate(start=1)
-            lines = lines.filter(lambda _, line: tf.strings.length(tf.strings.strip(line)) > 0)
-            return lines.flat_map(
-                _plain(
-                    lambda number, line: chunks_of(
-                        vocabulary.encode_tf(_json_text(line, number, name, field)), vocabulary.eos_id, length
-                    )
+    @_plain
+    def read(name):
+        # flat_map keeps the file's name and a chunk index in its checkpoint and reads the file
+        # again on restore, so the text never enters the iterator state.
+        return chunks_of(vocabulary.encode_tf(tf.io.read_file(name)), vocabulary.eos_id, length)
+
+    return tf.data.Dataset.from_tensor_slices(files).flat_map(read)
+
+
+def _jsonl_chunks(files: list[str], field: str, split, vocabulary, length, seed) -> tf.data.Dataset:
+    """Each line's document in chunks; train: the files in a new order each epoch, 16 at a time."""
+
+    @_plain
+    def read(name):
+        compression = tf.where(tf.strings.regex_full_match(name, r".*\.gz"), "GZIP", "")
+        lines = tf.data.TextLineDataset(name, compression_type=compression).enumerate(start=1)
+        lines = lines.filter(lambda _, line: tf.strings.length(tf.strings.strip(line)) > 0)
+        return lines.flat_map(
+            _plain(
+                lambda number, line: chunks_of(
+                    vocabulary.encode_tf(_json_text(line, number, name, field)), vocabulary.eos_id, length
                 )
             )
+        )
 
-    else:
-
-        @_plain
-        def read(name):
-            # The interleave keeps only the file's name and a chunk index in its checkpoint and
-            # reads the file again on restore, so the text never enters the iterator state.
-            return chunks_of(vocabulary.encode_tf(tf.io.read_file(name)), vocabulary.eos_id, length)
-
+    names = tf.constant(files)
     if split != "train":
         return tf.data.Dataset.from_tensor_slices(names).flat_map(read)
-    if not isinstance(source, JsonlFiles):
-        return segments.segment_chunks(files, vocabulary, length, seed)
     return _epochs(names, seed).interleave(read, cycle_length=min(CYCLE_LENGTH, len(files)), block_length=1)
 
 
