@@ -40,7 +40,8 @@ CYCLE_LENGTH = 16
 def segment_chunks(files: list[str], vocabulary: seqio.Vocabulary, length: int, seed: int) -> tf.data.Dataset:
     """Endless chunks (`{"tokens": [L], "length": ()}`) of the segments of `files`, shuffled per epoch."""
     sizes = np.array([os.path.getsize(f) for f in files], np.int64)
-    names, sizes = np.array(files)[sizes > 0], sizes[sizes > 0]  # empty files hold no document
+    names = [f for f, size in zip(files, sizes, strict=True) if size > 0]  # empty files: no document
+    sizes = sizes[sizes > 0]
     exact = isinstance(vocabulary, seqio.ByteVocabulary)
     segment_bytes = length if exact else SEGMENT_ROWS * length
     # Bytes: the document's s bytes and its EOS make ceil((s + 1) / L) chunks, one per segment.

@@ -189,12 +189,12 @@ def matching_files(globs: Globs, what: str) -> dict[str, str]:
     (or a DataError names `what` and the glob)."""
     found: dict[str, str] = {}
     for pattern in (globs,) if isinstance(globs, str) else globs:
-        paths = [p for p in glob.glob(pattern, recursive=True) if pathlib.Path(p).is_file()]
+        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not paths:
             raise DataError(f"{what} glob {pattern!r} matches no files; check the path and pattern.")
-        base = _glob_directory(pattern)
-        for path in paths:
-            found[path] = pathlib.Path(path).relative_to(base).as_posix()
+        base = str(_glob_directory(pattern))
+        for path in paths:  # plain strings: a corpus may have hundreds of thousands of files
+            found[path] = os.path.relpath(path, base)
     return found
 
 
