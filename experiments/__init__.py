@@ -3,6 +3,7 @@
 Use as `python launch/launch.py --fdl_config=experiments.NAME [--fiddler=FIDDLER]`.
 """
 
+from experiments import sweeps as sweeps
 from experiments.base import base as base
 from experiments.fiddlers import bf16 as bf16
 from experiments.fiddlers import doc_masking as doc_masking

@@ -24,4 +24,5 @@ def tiny() -> fdl.Config:
     cfg.trainer.eval_every = 10
     cfg.trainer.log_every = 5
     cfg.trainer.checkpoint.every_steps = 10
+    cfg.trainer.sample_every = 0  # the launcher tests run tiny often; sampling would add a compile
     return cfg

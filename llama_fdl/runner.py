@@ -15,7 +15,9 @@ import fiddle as fdl
 import jax
 from fiddle.experimental import serialization
 
+from llama_fdl import saved_run
 from llama_fdl.cli import ConfigError, flatten, render, typecheck
+from llama_fdl.train import aot
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 
@@ -47,22 +49,41 @@ def check(cfg: fdl.Buildable) -> Experiment:
 
     In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
     the vocabulary file, the mesh against the devices, ...); cross-part checks (Experiment.validate);
-    the optimizer's schedule against the run length; the model initialised by shape (a trace, not
-    a compile), which catches what only the model code knows, such as an attention backend this
-    platform lacks; and the data layer's own check (`llama_fdl.data.pipeline.check`: modules,
-    sources, the eval sets against the validation splits), which brings in TensorFlow.
+    trainer.init_from's source against the model's architecture; the optimizer's schedule against
+    the run length; the model initialised by shape (a trace, not a compile), which catches what
+    only the model code knows, such as an attention backend this platform lacks; and the data
+    layer's own check (`llama_fdl.data.pipeline.check`: modules, sources, the eval sets against
+    the validation splits), which brings in TensorFlow.
     """
     typecheck.check_graph(cfg)
     experiment = fdl.build(cfg)
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
     experiment.validate()
+    if experiment.trainer.init_from:
+        saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
     from llama_fdl.data import pipeline  # TensorFlow: seconds that a config failing above never pays
 
     pipeline.check(experiment.data)
     return experiment
+
+
+def dry_run(experiment: Experiment) -> aot.DryRunReport:
+    """Compiles the experiment's train step for the current devices; trains nothing, writes nothing."""
+    tx, schedule = experiment.optimizer(experiment.trainer.num_train_steps)
+    return aot.dry_run(
+        experiment.model,
+        tx,
+        schedule,
+        experiment.mesh,
+        batch_size=experiment.data.batch_size,
+        sequence_length=experiment.data.sequence_length,
+        seed=experiment.trainer.seed,
+        num_microbatches=experiment.trainer.num_microbatches,
+        skip_nonfinite=experiment.trainer.skip_nonfinite_steps,
+    )
 
 
 def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:
@@ -83,12 +104,17 @@ def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool
 
 
 def save_config(
-    cfg: fdl.Buildable, workdir: pathlib.Path, config_json: str, config_text: str, config_diff: str
+    cfg: fdl.Buildable,
+    workdir: pathlib.Path,
+    config_json: str,
+    config_text: str,
+    config_diff: str,
+    config_code: str | None = None,
 ) -> None:
     """Writes the run's experiment files into a run directory that is new or holds this experiment.
 
-    config.txt is rewritten on every start; config_diff.txt and config.svg only when the run
-    directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
+    config.txt is rewritten on every start; config_diff.txt, config_diff.py and config.svg only
+    when the run directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
     nothing against itself) keeps the diff of the command that started the run.
     """
     path = workdir / "config.json"
@@ -98,6 +124,8 @@ def save_config(
         workdir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _write_atomically(workdir / "config_diff.txt", config_diff + "\n")
+            if config_code is not None:
+                _write_atomically(workdir / "config_diff.py", config_code)
             picture = render.svg(cfg)
             if picture is None:
                 print(f"warning: {render.MISSING_DOT}", file=sys.stderr)
@@ -124,6 +152,7 @@ def run(
     start_elsewhere: bool = False,
     *,
     config_diff: str = "(no base experiment given)",
+    config_code: str | None = None,
     experiment: Experiment | None = None,
 ) -> dict[str, float]:
     """Checks the graph, saves it in the run directory, builds it and trains; returns the final eval.
@@ -135,13 +164,14 @@ def run(
       start_elsewhere: if `workdir` holds another experiment, use the next free `WORKDIR-N`.
       config_diff: what this run changed against its base experiment (see llama_fdl.cli.diff),
         saved as config_diff.txt and shown in TensorBoard's text tab.
+      config_code: the same as a fiddler (llama_fdl.cli.diff.as_code), saved as config_diff.py.
       experiment: `check(cfg)`, when the caller has already run it.
     """
     experiment = experiment if experiment is not None else check(cfg)
     config_text = flatten.as_text(cfg)
     config_json = serialization.dump_json(cfg, indent=2)
     workdir = claim_workdir(workdir, config_json, start_elsewhere)
-    save_config(cfg, workdir, config_json, config_text, config_diff)
+    save_config(cfg, workdir, config_json, config_text, config_diff, config_code)
     # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
     from llama_fdl.train import loop
 

@@ -32,7 +32,8 @@ def logical_rules(parallel: ParallelConfig) -> tuple[tuple[str, Any], ...]:
     """Logical axis -> mesh axes, in priority order (flax skips a mesh axis already used).
 
     The batch goes over data x fsdp, so FSDP devices each see their own rows; parameters are
-    split over fsdp along "embed" and over tensor along heads, MLP units and the vocabulary.
+    split over fsdp along "embed" and over tensor along heads (query and key/value heads alike),
+    MLP units and the vocabulary.
     Because "batch" comes first, an activation's "embed" axis is never split over fsdp.
     """
     data, fsdp, tensor = parallel.axis_names
@@ -41,10 +42,10 @@ def logical_rules(parallel: ParallelConfig) -> tuple[tuple[str, Any], ...]:
         ("length", None),
         ("vocab", tensor),
         ("heads", tensor),
+        ("kv_heads", tensor),  # dropped where the tensor axis does not divide them
         ("mlp", tensor),
         ("embed", fsdp),
         ("head_dim", None),
-        ("kv", None),  # named for grouped-query attention; today's model does not use it
         ("norm", None),
         (LAYERS_AXIS, None),
     )

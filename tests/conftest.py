@@ -2,11 +2,18 @@
 
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The float32 tests compare against float32/float64 references with tolerances fixed for exact
+# float32 matmuls. GPUs multiply float32 in TF32 (a 10-bit mantissa) unless told otherwise, so
+# every test, and every process a test starts (they inherit this), asks for full precision.
+# It changes nothing on CPUs, whose float32 matmuls are exact already.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -37,3 +44,41 @@ def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, time
 @pytest.fixture(scope="session")
 def run_on_cpu_devices():
     return _run_on_cpu_devices
+
+
+def gpu_seen_by_the_machine() -> str | None:
+    """What shows that this machine has an NVIDIA GPU (whatever JAX uses), or None."""
+    gpus = pathlib.Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return f"{gpus} lists {len(list(gpus.iterdir()))}"
+    if shutil.which("nvidia-smi"):
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if listed.startswith("GPU "):
+            return f"nvidia-smi -L: {listed.splitlines()[0]}"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """`gpu` tests run on a GPU, skip where the machine has none, and fail where JAX misses one.
+
+    A GPU that JAX does not use means the CPU jaxlib is installed; skipping would hide that the
+    GPU tests never ran.
+    """
+    if item.get_closest_marker("gpu") is None:
+        return
+    import jax
+
+    backend = jax.default_backend()
+    if backend == "gpu":
+        return
+    seen = gpu_seen_by_the_machine()
+    if seen:
+        pytest.fail(
+            f"This machine has a GPU ({seen}) but JAX runs on {backend}; install the CUDA jaxlib "
+            "(pip install -e '.[cuda]') so the GPU tests run on it.",
+            pytrace=False,
+        )
+    pytest.skip(f"needs a GPU; JAX runs on {backend} and the machine has none")

@@ -1,7 +1,8 @@
 """Attention backends: xla against a hand-written reference, the others against xla.
 
 On CPU the Pallas kernel runs in interpret mode (slow, so shapes are minimal); the compiled
-Triton kernel and cuDNN run in the tests marked `gpu`, which skip visibly without a GPU.
+Triton kernel and cuDNN run in the tests marked `gpu`, which skip visibly on a machine without
+a GPU and fail on one whose GPU JAX does not use (tests/conftest.py).
 """
 
 import functools
@@ -23,7 +24,6 @@ GPU_BF16_TOL = 5e-2
 DIFFERENT = 1e-1  # a control must differ by at least this much to count
 
 ON_GPU = jax.default_backend() == "gpu"
-gpu_only = pytest.mark.skipif(not ON_GPU, reason=f"needs a GPU; JAX runs on {jax.default_backend()}")
 # On a GPU the Pallas kernel is compiled with TF32 matmuls; CPU_ATOL holds for interpret mode only.
 interpret_only = pytest.mark.skipif(
     ON_GPU, reason="interpret-mode check; the gpu tests cover the compiled kernel"
@@ -131,6 +131,58 @@ def test_pallas_comparison_notices_a_wrong_mask():
     assert max_difference(with_mask[1], without[1]) > DIFFERENT
 
 
+# ----------------------------------------------------------------------------- grouped-query
+
+
+def grouped_run(backend, q, k, v, segment_ids, causal, copies=None):
+    """Like `run`, with k and v of fewer heads. `copies` first gives every query head its own
+    copy of its key/value head: "consecutive" (query head n reads n // G, HF's grouping, which
+    grouped attention must equal) or "interleaved" (n reads n % K, a different function)."""
+    groups = q.shape[2] // k.shape[2]
+    weights = jax.random.normal(jax.random.PRNGKey(42), q.shape, jnp.float32)
+    expand = {
+        None: lambda x: x,
+        "consecutive": lambda x: jnp.repeat(x, groups, axis=2),
+        "interleaved": lambda x: jnp.tile(x, (1, 1, groups, 1)),
+    }[copies]
+
+    def loss(q, k, v):
+        out = attend(
+            q,
+            expand(k),
+            expand(v),
+            segment_ids_BS=segment_ids,
+            causal=causal,
+            scale=q.shape[-1] ** -0.5,
+            backend=backend,
+        )
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+
+    with jax.default_matmul_precision("highest"):
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    return out, grads
+
+
+def gqa_inputs(seq, head_dim, dtype=jnp.float32):
+    q = qkv(1, seq, 4, head_dim, seed=7, dtype=dtype)[0]
+    _, k, v = qkv(1, seq, 2, head_dim, seed=8, dtype=dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize(
+    "backend", ["xla", pytest.param("pallas_triton", marks=interpret_only)], ids=["xla", "pallas_interpret"]
+)
+def test_grouped_query_attention_equals_repeated_key_value_heads(backend):
+    # Query heads 0, 1 read key/value head 0 and heads 2, 3 read head 1 (HF's grouping).
+    q, k, v = gqa_inputs(16, 16)
+    segment_ids = two_documents(1, 16, 6)
+    expected = grouped_run("xla", q, k, v, segment_ids, True, copies="consecutive")
+    assert_close(grouped_run(backend, q, k, v, segment_ids, True), expected, CPU_ATOL)
+    # Control: the interleaved grouping (head n reads n % K) is a different function.
+    interleaved = grouped_run("xla", q, k, v, segment_ids, True, copies="interleaved")
+    assert max_difference(interleaved[0], expected[0]) > DIFFERENT
+
+
 def tiny(**overrides) -> LlamaConfig:
     return LlamaConfig(
         **{"vocab_size": 64, "embedding_dim": 32, "num_blocks": 2, "head_dim": 16, **overrides}
@@ -181,7 +233,6 @@ def test_cudnn_off_gpu_fails_with_a_clear_message():
 
 
 @pytest.mark.gpu
-@gpu_only
 @pytest.mark.parametrize(
     "seq, head_dim, causal, segments",
     [(256, 64, True, False), (256, 64, True, True), (256, 64, False, True), (200, 48, False, False)],
@@ -197,7 +248,6 @@ def test_compiled_pallas_equals_xla_on_gpu(seq, head_dim, causal, segments):
 
 
 @pytest.mark.gpu
-@gpu_only
 @pytest.mark.parametrize("causal, segments", [(True, False), (True, True), (False, True)])
 def test_cudnn_equals_xla_on_gpu(causal, segments):
     q, k, v = qkv(2, 128, 4, 64, seed=5, dtype=jnp.bfloat16)
@@ -211,7 +261,18 @@ def test_cudnn_equals_xla_on_gpu(causal, segments):
 
 
 @pytest.mark.gpu
-@gpu_only
+@pytest.mark.parametrize("backend", ["pallas_triton", "cudnn"])
+def test_grouped_query_attention_on_gpu_equals_repeated_heads(backend):
+    dtype = jnp.bfloat16 if backend == "cudnn" else jnp.float32
+    q, k, v = gqa_inputs(128, 64, dtype)
+    segment_ids = two_documents(1, 128, 50)
+    f32 = tuple(x.astype(jnp.float32) for x in (q, k, v))
+    expected = grouped_run("xla", *f32, segment_ids, True, copies="consecutive")
+    tol = GPU_BF16_TOL if backend == "cudnn" else GPU_F32_TOL
+    assert_close(grouped_run(backend, q, k, v, segment_ids, True), expected, tol)
+
+
+@pytest.mark.gpu
 def test_cudnn_model_runs_and_refuses_float32_on_gpu():
     idx = jax.random.randint(jax.random.PRNGKey(0), (2, 64), 0, 64)
     segment_ids = two_documents(2, 64, 20)

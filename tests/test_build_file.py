@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LIBRARY_DIRS = ("llama_fdl", "experiments")
+LIBRARY_DIRS = ("llama_fdl", "experiments", "benchmarks")
 # Top-level import name -> the pip requirement that provides it.
 THIRD_PARTY = {
     "absl": "absl-py",
@@ -25,6 +25,7 @@ THIRD_PARTY = {
     "numpy": "numpy",
     "optax": "optax",
     "orbax": "orbax-checkpoint",
+    "packaging": "packaging",
     "pytest": "pytest",
     "safetensors": "safetensors",
     "sentencepiece": "sentencepiece",

@@ -115,8 +115,9 @@ def test_traceback_shows_where_an_error_came_from(tmp_path):
 def test_fdl_help_lists_the_library_tags_and_settings():
     result = _launch("--fdl_help")
     assert result.returncode == 0, result.stderr
-    for name in experiments.EXPERIMENTS + experiments.FIDDLERS:
-        doc = experiments.__dict__[name].__doc__.strip().splitlines()[0]
+    library = [(experiments, n) for n in experiments.EXPERIMENTS + experiments.FIDDLERS]
+    for module, name in library + [(experiments.sweeps, n) for n in experiments.sweeps.SWEEPS]:
+        doc = getattr(module, name).__doc__.strip().splitlines()[0]
         assert doc in result.stdout, f"{name}'s one-line doc is missing from --fdl_help"
     with_config = _launch(TINY, "--fiddler=bf16", "--fdl_help")
     assert with_config.returncode == 0, with_config.stderr
@@ -134,7 +135,7 @@ def original(tmp_path_factory):
 
 
 def test_a_run_saves_its_experiment_and_what_the_command_line_changed(original):
-    for name in ("config.json", "config.txt", "config.svg", "config_diff.txt"):
+    for name in ("config.json", "config.txt", "config.svg", "config_diff.txt", "config_diff.py"):
         assert (original / name).exists(), f"{name} missing from the run directory"
     assert "<svg" in (original / "config.svg").read_text()
     assert "model.config.num_blocks = 3" in (original / "config.txt").read_text()
@@ -146,6 +147,18 @@ def test_a_run_saves_its_experiment_and_what_the_command_line_changed(original):
     ]
     assert "model.config.num_blocks: 2 -> 3" in _text(original, "config_diff")
     assert "model.config.num_blocks = 3" in _text(original, "config")
+
+
+def test_config_diff_py_turns_the_command_line_into_a_fiddler(original):
+    """--fiddler=RUN/config_diff.py on the base experiment rebuilds the run's config.json."""
+    from fiddle.experimental import serialization
+
+    from llama_fdl.cli import overrides
+
+    fiddler = overrides.Override("fiddler", str(original / "config_diff.py"), "--fiddler=config_diff.py")
+    replayed = overrides.apply(experiments.tiny(), [fiddler], experiments).cfg
+    assert serialization.dump_json(replayed, indent=2) == (original / "config.json").read_text()
+    assert serialization.dump_json(experiments.tiny(), indent=2) != (original / "config.json").read_text()
 
 
 def test_replaying_config_json_rebuilds_the_graph_and_the_losses(original, tmp_path):

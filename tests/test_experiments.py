@@ -90,10 +90,9 @@ def test_the_library_tuples_list_every_experiment_and_fiddler():
             for n, f in vars(module).items()
             if inspect.isfunction(f) and f.__module__ == module.__name__ and not n.startswith("_")
         }
-    assert functions == set(experiments.EXPERIMENTS) | set(experiments.FIDDLERS)
-    assert len(set(experiments.EXPERIMENTS) | set(experiments.FIDDLERS)) == len(
-        experiments.EXPERIMENTS + experiments.FIDDLERS
-    )
+    listed = experiments.EXPERIMENTS + experiments.FIDDLERS + experiments.sweeps.SWEEPS
+    assert functions == set(listed)
+    assert len(set(listed)) == len(listed)
 
 
 @pytest.mark.parametrize("fiddler", experiments.FIDDLERS)

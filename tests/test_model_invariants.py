@@ -201,7 +201,7 @@ def test_dataclass_replace_keeps_validation():
 
 
 # Every logical axis name the model uses; the rules table in llama_fdl.sharding must cover them.
-LOGICAL_PARAM_AXES = {"embed", "heads", "head_dim", "mlp", "vocab", "norm", "layers"}
+LOGICAL_PARAM_AXES = {"embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm", "layers"}
 
 
 def test_params_use_only_the_documented_logical_axes():
@@ -225,13 +225,14 @@ def test_init_and_apply_under_a_mesh_with_partitioning_rules():
         ("length", None),
         ("vocab", "tensor"),
         ("heads", "tensor"),
+        ("kv_heads", "tensor"),
         ("mlp", "tensor"),
         ("embed", "fsdp"),
         ("head_dim", None),
         ("norm", None),
         ("layers", None),
     )
-    config = tiny(use_bias=True, qk_norm=True, mask_across_document_boundaries=True)
+    config = tiny(use_bias=True, qk_norm=True, mask_across_document_boundaries=True, num_kv_heads=2)
     idx = tokens(2, 8, seed=9)
     segment_ids = jnp.asarray([[1] * 3 + [2] * 5] * 2)
     model = LlamaTransformer(config)
@@ -239,5 +240,14 @@ def test_init_and_apply_under_a_mesh_with_partitioning_rules():
         variables = jax.jit(model.init)(jax.random.PRNGKey(0), idx)
         params = nn.meta.unbox(variables["params"])
         out = jax.jit(lambda p: model.apply({"params": p}, idx, segment_ids=segment_ids))(params)
+        # The decode path's constraints (the KV cache) too: prefill the same tokens into a cache.
+        cache = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), idx, decode=True))["cache"]
+        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+        decoded, _ = jax.jit(
+            lambda p, c: model.apply(
+                {"params": p, "cache": c}, idx, segment_ids=segment_ids, decode=True, mutable=["cache"]
+            )
+        )(params, cache)
     expected = model.apply({"params": params}, idx, segment_ids=segment_ids)
     np.testing.assert_allclose(out, expected, atol=SAME_ATOL, rtol=0)
+    np.testing.assert_allclose(decoded, expected, atol=SAME_ATOL, rtol=0)

@@ -74,6 +74,14 @@ def test_kernels_split_over_fsdp_on_embed_and_over_tensor_on_heads_and_mlp():
     assert _spec(("norm",), (64,)) == PartitionSpec(None)
 
 
+def test_key_value_heads_split_over_tensor_where_they_divide():
+    # Grouped-query attention: 2 kv heads split 2 ways; 1 kv head stays whole (and is copied to
+    # both tensor devices) while the 4 query heads still split.
+    assert _spec(("embed", "kv_heads", "head_dim"), (64, 2, 16)) == PartitionSpec("fsdp", "tensor", None)
+    assert _spec(("embed", "kv_heads", "head_dim"), (64, 1, 16)) == PartitionSpec("fsdp", None, None)
+    assert _spec(("embed", "heads", "head_dim"), (64, 4, 16)) == PartitionSpec("fsdp", "tensor", None)
+
+
 def test_small_weights_stay_off_fsdp_counting_one_layer_not_the_stack():
     # 64 x 192 = 12288 elements per layer; the 2-layer stack's 24576 must not count.
     names, shape = ("layers", "embed", "mlp"), (2, 64, 192)

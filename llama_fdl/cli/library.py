@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
+import pathlib
 import re
 import types
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from typing import Any
 
 import fiddle as fdl
 from fiddle import tagging
+from fiddle.experimental import auto_config
 
 from llama_fdl.cli import ConfigError, flatten
 from llama_fdl.cli.paths import ranked
@@ -45,7 +48,7 @@ def parse_call(expression: str, kind: str) -> tuple[str, tuple, dict[str, Any]]:
     return name, args, kwargs
 
 
-def _lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: str) -> Callable:
+def lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: str) -> Callable:
     prefix = library.__name__ + "."
     short = name.removeprefix(prefix)
     if short in known:
@@ -62,28 +65,71 @@ def _lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: 
 def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:
     """The graph of the experiment `expression` names (and calls with its arguments, if any)."""
     name, args, kwargs = parse_call(expression, "experiment")
-    fn = _lookup(name, library, library.EXPERIMENTS, "experiment")
-    _bind(fn, args, kwargs, f"--fdl_config={expression}")
+    fn = lookup(name, library, library.EXPERIMENTS, "experiment")
+    if auto_config.is_auto_config(fn):
+        fn = fn.as_buildable  # the function's body, with every call it makes turned into a config
+    bind(fn, args, kwargs, f"--fdl_config={expression}")
     cfg = fn(*args, **kwargs)
     if not isinstance(cfg, fdl.Buildable):
         raise ConfigError(f"--fdl_config={expression} returned a {type(cfg).__name__}, not a fdl.Config.")
     return cfg
 
 
-def apply_fiddler(cfg: fdl.Buildable, expression: str, library: types.ModuleType, label: str) -> None:
-    """Calls the fiddler `expression` names on `cfg` (it mutates the graph in place)."""
-    name, args, kwargs = parse_call(expression, "fiddler")
-    fn = _lookup(name, library, library.FIDDLERS, "fiddler")
-    _bind(fn, (cfg, *args), kwargs, label, skip=1)
-    fn(cfg, *args, **kwargs)
+def apply_fiddler(
+    cfg: fdl.Buildable, expression: str | Callable, library: types.ModuleType, label: str
+) -> fdl.Buildable:
+    """Calls the fiddler `expression` names on `cfg`; returns the graph it changed or returned.
+
+    A fiddler may change the graph in place and return None, or return a new graph (fiddle
+    allows both). `expression` is a library name, a dotted name, a call with literal arguments,
+    or a file `PATH.py` holding a function named like the file (a run's config_diff.py); or,
+    from code, the function itself.
+    """
+    if callable(expression):
+        fn, args, kwargs = expression, (), {}
+    elif expression.strip().endswith(".py"):
+        fn, args, kwargs = fiddler_file(expression.strip()), (), {}
+    else:
+        name, args, kwargs = parse_call(expression, "fiddler")
+        fn = lookup(name, library, library.FIDDLERS, "fiddler")
+    bind(fn, (cfg, *args), kwargs, label, skip=1)
+    result = fn(cfg, *args, **kwargs)
+    if result is None:
+        return cfg
+    if not isinstance(result, fdl.Buildable):
+        raise ConfigError(
+            f"{label} returned a {type(result).__name__}; a fiddler changes the graph and returns "
+            "None, or returns the new graph."
+        )
+    return result
 
 
-def _bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:
+def fiddler_file(path: str) -> Callable:
+    """The function named like the file `path` (`runs/x/config_diff.py` -> `config_diff`)."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--fiddler={path}: no such file; give a .py file such as RUN/config_diff.py.")
+    spec = importlib.util.spec_from_file_location(f"_fiddler_file_{abs(hash(str(file.resolve())))}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, file.stem, None)
+    if not callable(fn):
+        found = [n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_")]
+        raise ConfigError(
+            f"--fiddler={path}: the file defines no function `{file.stem}` (named like the file); "
+            f"it has: {', '.join(found) or 'no functions'}."
+        )
+    return fn
+
+
+def bind(fn: Callable, args: tuple, kwargs: dict, label: str, skip: int = 0) -> None:
     """Checks the arguments against the signature, so a bad one is named before anything runs."""
     try:
         inspect.signature(fn).bind(*args, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"{label}: {e}; it takes {fn.__name__}{_arguments(fn, skip)}.") from e
+        raise ConfigError(
+            f"{label}: {e}; it takes {getattr(fn, '__name__', fn)}{_arguments(fn, skip)}."
+        ) from e
 
 
 def _arguments(fn: Callable, skip: int) -> str:
@@ -99,7 +145,8 @@ def one_line_doc(fn: Callable) -> str:
 def help_text(library: types.ModuleType, cfg: fdl.Buildable | None = None) -> str:
     """What --fdl_help prints: the library with one-line docs, then the graph's tags and settings."""
     lines = [f"Experiments (--fdl_config={library.__name__}.NAME):"]
-    width = max(len(n) for n in library.EXPERIMENTS + library.FIDDLERS)
+    sweeps = getattr(library, "sweeps", None)  # experiments/sweeps.py, for `llama-fdl sweep`
+    width = max(len(n) for n in library.EXPERIMENTS + library.FIDDLERS + getattr(sweeps, "SWEEPS", ()))
     for name in library.EXPERIMENTS:
         lines.append(f"  {name:<{width}}  {one_line_doc(getattr(library, name))}")
     lines += ["", "Fiddlers (--fiddler=NAME or --fiddler='NAME(ARGS)', applied in the order given):"]
@@ -108,6 +155,9 @@ def help_text(library: types.ModuleType, cfg: fdl.Buildable | None = None) -> st
         lines.append(f"  {name:<{width}}  {one_line_doc(fn)}")
         if len(inspect.signature(fn).parameters) > 1:
             lines.append(f"  {'':<{width}}  takes {name}{_arguments(fn, skip=1)}")
+    if sweeps is not None:
+        lines += ["", f"Sweeps (llama-fdl sweep --sweep={sweeps.__name__}.NAME):"]
+        lines += [f"  {name:<{width}}  {one_line_doc(getattr(sweeps, name))}" for name in sweeps.SWEEPS]
     if cfg is None:
         lines += ["", "Add --fdl_config=NAME to see its tags and settings."]
         return "\n".join(lines)

@@ -30,13 +30,25 @@ Kind = Literal["fiddler", "tag", "set"]
 _ORDER: dict[str, int] = {"fiddler": 0, "tag": 1, "set": 2}
 
 
+class _Typed:
+    def __repr__(self) -> str:
+        return "<typed>"
+
+
+TYPED = _Typed()
+"""`Override.value` of an override typed on the command line (its text says it all)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Override:
     kind: Kind
     text: str
-    """`NAME(ARGS)` for a fiddler, `TAG=VALUE` for a tag, `PATH=VALUE` for a value."""
+    """`NAME(ARGS)` for a fiddler, `TAG=VALUE` for a tag, `PATH=VALUE` for a value; given by code
+    (a sweep point), the fiddler's name or the PATH alone."""
     label: str
-    """The flag as typed, e.g. `--fdl.model.config.num_blocks=8`."""
+    """The flag as typed, e.g. `--fdl.model.config.num_blocks=8`, or who gave it (`sweep point a`)."""
+    value: object = TYPED
+    """Given by code rather than typed: the fiddler to call, or the Python value to set at PATH."""
 
 
 @dataclasses.dataclass
@@ -78,18 +90,25 @@ def from_flags(
 
 
 def apply(cfg: fdl.Buildable, overrides: Sequence[Override], lib: types.ModuleType) -> Applied:
-    """Applies `overrides` to `cfg` in place, in the documented order, and type-checks the result."""
+    """Applies `overrides` to `cfg`, in the documented order, and type-checks the result.
+
+    `cfg` is changed in place, except by a fiddler that returns a new graph instead (fiddle allows
+    both): use the returned `Applied.cfg`.
+    """
     overrides = sorted(overrides, key=lambda o: _ORDER[o.kind])  # stable: keeps the given order
     base = copy.deepcopy(cfg)
     sources: dict[str, list[str]] = {}
     before = flatten.values(cfg)
     for override in overrides:
         if override.kind == "fiddler":
-            library.apply_fiddler(cfg, override.text, lib, override.label)
+            fiddler = override.text if override.value is TYPED else override.value
+            cfg = library.apply_fiddler(cfg, fiddler, lib, override.label)
         elif override.kind == "tag":
             set_tag(cfg, override.text, override.label)
-        else:
+        elif override.value is TYPED:
             set_value(cfg, override.text, override.label)
+        else:
+            check_and_set(_resolve(cfg, override.text, override.label), override.value, override.label)
         after = flatten.values(cfg)
         for path in changed_paths(before, after):
             sources.setdefault(path, []).append(override.label)
@@ -116,15 +135,27 @@ def set_value(cfg: fdl.Buildable, text: str, label: str) -> None:
     path, sep, value_text = text.partition("=")
     if not sep:
         raise ConfigError(f"{label}: needs a value, as in --fdl.model.config.num_blocks=8.")
+    slot = _resolve(cfg, path.strip(), label)
+    ann = typecheck.slot_annotation(slot)
+    value = parse_value(value_text, ann, label, current=slot.get())
+    check_and_set(slot, value, label)
+
+
+def _resolve(cfg: fdl.Buildable, path: str, label: str) -> paths.Slot:
     try:
-        node, name = paths.resolve(cfg, path.strip())
+        return paths.resolve(cfg, path)
     except ConfigError as e:
         raise ConfigError(f"{label}: {e}") from e
-    ann = typecheck.annotation(node, name)
-    value = parse_value(value_text, ann, label, current=getattr(node, name, None))
+
+
+def check_and_set(slot: paths.Slot, value, label: str) -> None:
+    """Sets `value` at `slot` if the annotation there allows it; else says what it takes."""
+    ann = typecheck.slot_annotation(slot)
     if not typecheck.accepts(ann, value):
-        raise ConfigError(f"{label}: {typecheck.mismatch(paths.describe_node(node), name, ann, value)}.")
-    setattr(node, name, value)
+        where = slot.argument + "".join(f"[{k!r}]" for k in slot.indexes)
+        problem = typecheck.mismatch(paths.describe_node(slot.owner), where, ann, value)
+        raise ConfigError(f"{label}: {problem}.")
+    slot.set(value)
 
 
 def set_tag(cfg: fdl.Buildable, text: str, label: str) -> None:

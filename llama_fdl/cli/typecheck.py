@@ -19,7 +19,7 @@ from typing import Any
 
 import fiddle as fdl
 
-from llama_fdl.cli import ConfigError, flatten
+from llama_fdl.cli import ConfigError, flatten, paths
 from llama_fdl.cli.paths import describe_node, ranked
 
 _SCALARS = (bool, int, float, str, type(None))
@@ -39,6 +39,33 @@ def _hints(fn_or_cls: Callable) -> dict[str, Any]:
 def annotation(buildable: fdl.Buildable, name: str) -> Any:
     """The annotation of argument `name` of the function or class `buildable` calls, or Any."""
     return _hints(fdl.get_callable(buildable)).get(name, Any)
+
+
+def slot_annotation(slot: paths.Slot) -> Any:
+    """The annotation at a path's end: its argument's, then the element type of each index."""
+    ann = annotation(slot.owner, slot.argument)
+    for key in slot.indexes:
+        ann = _element(ann, key)
+    return ann
+
+
+def _element(ann: Any, key: str | int) -> Any:
+    """`list[X]`, `Sequence[X]`, `tuple[X, ...]` -> X; `dict[K, V]` -> V; `tuple[A, B]`[1] -> B."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        containers = [a for a in args if typing.get_origin(a) is not None]
+        return _element(containers[0], key) if len(containers) == 1 else Any
+    if not args or origin is None:
+        return Any
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+        return args[key] if isinstance(key, int) and -len(args) <= key < len(args) else Any
+    if issubclass(origin, collections.abc.Mapping):
+        return args[1] if len(args) == 2 else Any
+    if issubclass(origin, collections.abc.Sequence):
+        return args[0]
+    return Any
 
 
 def accepts(ann: Any, value: Any) -> bool:

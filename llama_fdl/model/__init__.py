@@ -5,7 +5,14 @@ inside its functions.
 """
 
 from llama_fdl.model.blocks import FFNBlock, SelfAttentionBlock, TransformerBlock
-from llama_fdl.model.config import LlamaConfig, ParallelConfig, num_matmul_params, num_params
+from llama_fdl.model.config import (
+    LlamaConfig,
+    ParallelConfig,
+    RopeScaling,
+    architecture_difference,
+    num_matmul_params,
+    num_params,
+)
 from llama_fdl.model.hf import (
     export_hf,
     hf_config_from_llama,
@@ -26,9 +33,11 @@ __all__ = [
     "LlamaConfig",
     "LlamaTransformer",
     "ParallelConfig",
+    "RopeScaling",
     "SelfAttentionBlock",
     "TransformerBlock",
     "TransformerBlockStack",
+    "architecture_difference",
     "export_hf",
     "hf_config_from_llama",
     "import_hf",

@@ -1,13 +1,21 @@
 """One transformer block: pre-norm self-attention and pre-norm SwiGLU feed-forward, with residuals.
 
 Logical axis names (mapped to mesh axes by the rules table in `llama_fdl.sharding`):
-- parameters: "embed" (residual width D), "heads" (N), "head_dim" (H), "mlp" (F), "norm" (the
-  axis of every RMSNorm scale);
+- parameters: "embed" (residual width D), "heads" (N), "kv_heads" (K), "head_dim" (H), "mlp" (F),
+  "norm" (the axis of every RMSNorm scale);
 - activations: ("batch", "length", "embed") at block boundaries, ("batch", "length", "heads",
-  "head_dim") for q, k, v, ("batch", "length", "mlp") for the SwiGLU hidden units.
+  "head_dim") for q, ("batch", "length", "kv_heads", "head_dim") for k and v, ("batch", "length",
+  "mlp") for the SwiGLU hidden units.
 
-Shape legend: B batch, S sequence, D embedding_dim, N heads, H head_dim, F ffn_hidden_dim,
-K = H // 2 rotary frequencies.
+Shape legend: B batch, S sequence, T keys (S, or the cache's slots when decoding), D
+embedding_dim, N query heads, K key/value heads, H head_dim, F ffn_hidden_dim, R = H // 2 rotary
+frequencies. In the feed-forward block's flattened 2-D matmuls T is instead the B * S tokens.
+
+Every projection runs as one 2-D matmul over the flattened tokens ([B * S, in] @ [in, out]). XLA:CPU
+turns a 3-D `[B, S, D]` contraction's weight gradient (a sum over both B and S) into a transposing
+copy of the [B, S, F] cotangent, fused with whatever elementwise work precedes it; that copy cost
+more than the matmuls themselves (`benchmarks/`, docs/PERFORMANCE.md). The 2-D form has none, and
+the reshapes around it are free.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.attention_backends import attend, check_cudnn_available
+from llama_fdl.model.attention_backends import attend, check_cudnn_available, masked_attention
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.kv_cache import KV_AXES, KVCache
 from llama_fdl.model.norm import RMSNorm
 from llama_fdl.model.rotary import apply_rotary, rotary_angles
 
@@ -52,7 +61,7 @@ class HeadsDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = self.num_contracted
-        contracted = x.shape[-n_in:]
+        contracted, leading = x.shape[-n_in:], x.shape[:-n_in]
         # lecun_normal with the fan-in taken over all contracted axes, as for a flattened kernel.
         init = nn.initializers.variance_scaling(
             1.0,
@@ -67,7 +76,10 @@ class HeadsDense(nn.Module):
             (*contracted, *self.features),
             jnp.float32,
         )
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+        # One 2-D matmul over the flattened tokens (see the module docstring).
+        x_TI = x.reshape(-1, math.prod(contracted)).astype(self.dtype)
+        kernel_IO = kernel.reshape(math.prod(contracted), math.prod(self.features)).astype(self.dtype)
+        y = (x_TI @ kernel_IO).reshape(*leading, *self.features)
         if self.use_bias:
             bias = self.param("bias", _bias_init(self.bias_axes), self.features, jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -86,11 +98,14 @@ def default_positions(batch: int, seq_len: int) -> jax.Array:
 class SelfAttentionBlock(nn.Module):
     """x + dropout(attention(RMSNorm(x))) with rotary q/k, optional per-head q/k RMSNorm.
 
-    The scores are scaled by 1/sqrt(head_dim), the width each dot product sums over.
+    The scores are scaled by 1/sqrt(head_dim), the width each dot product sums over. With
+    `decode=True` keys and values go through a `KVCache` (the "cache" collection) and attention
+    runs over every cached token; `segment_ids_BS` are then the raw ids, 0 marking padding.
     """
 
     config: LlamaConfig
     train: bool = False
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -107,37 +122,55 @@ class SelfAttentionBlock(nn.Module):
         if pos_BS is None:
             pos_BS = default_positions(batch, seq_len)
 
-        h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        h_BSD = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="norm")(x_BSD)
         project = functools.partial(
             HeadsDense,
-            features=(cfg.num_heads, cfg.head_dim),
             num_contracted=1,
-            kernel_axes=("embed", "heads", "head_dim"),
-            bias_axes=("heads", "head_dim"),
-            use_bias=cfg.use_bias,
+            use_bias=cfg.use_bias or cfg.qkv_bias,
             dtype=dtype,
         )
-        q_BSNH = project(name="query")(h_BSD)
-        k_BSNH = project(name="key")(h_BSD)
-        v_BSNH = project(name="value")(h_BSD)
-        if cfg.qk_norm:
-            q_BSNH = RMSNorm(dtype=dtype, name="query_norm")(q_BSNH)
-            k_BSNH = RMSNorm(dtype=dtype, name="key_norm")(k_BSNH)
-
-        sin_BSK, cos_BSK = rotary_angles(pos_BS, cfg.head_dim, cfg.theta)
-        q_BSNH = apply_rotary(q_BSNH, sin_BSK, cos_BSK)
-        k_BSNH = apply_rotary(k_BSNH, sin_BSK, cos_BSK)
-        q_BSNH, k_BSNH, v_BSNH = (nn.with_logical_constraint(t, HEAD_AXES) for t in (q_BSNH, k_BSNH, v_BSNH))
-
-        o_BSNH = attend(
-            q_BSNH,
-            k_BSNH,
-            v_BSNH,
-            segment_ids_BS=segment_ids_BS,
-            causal=cfg.causal,
-            scale=1.0 / math.sqrt(cfg.head_dim),
-            backend=cfg.attention_backend,
+        query = project(
+            features=(cfg.num_heads, cfg.head_dim),
+            kernel_axes=("embed", "heads", "head_dim"),
+            bias_axes=("heads", "head_dim"),
+            name="query",
         )
+        key_value = functools.partial(
+            project,
+            features=(cfg.kv_heads, cfg.head_dim),
+            kernel_axes=("embed", "kv_heads", "head_dim"),
+            bias_axes=("kv_heads", "head_dim"),
+        )
+        q_BSNH = query(h_BSD)
+        k_BSKH = key_value(name="key")(h_BSD)
+        v_BSKH = key_value(name="value")(h_BSD)
+        if cfg.qk_norm:
+            q_BSNH = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="query_norm")(q_BSNH)
+            k_BSKH = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="key_norm")(k_BSKH)
+
+        sin_BSR, cos_BSR = rotary_angles(pos_BS, cfg.head_dim, cfg.theta, cfg.rope_scaling)
+        q_BSNH = nn.with_logical_constraint(apply_rotary(q_BSNH, sin_BSR, cos_BSR), HEAD_AXES)
+        k_BSKH = nn.with_logical_constraint(apply_rotary(k_BSKH, sin_BSR, cos_BSR), KV_AXES)
+        v_BSKH = nn.with_logical_constraint(v_BSKH, KV_AXES)
+
+        scale = 1.0 / math.sqrt(cfg.head_dim)
+        if self.decode:
+            # Decoding attends over the cache's slots with an explicit mask; the flash kernels
+            # take as many keys as queries, so every backend uses the einsum form here.
+            k_BTKH, v_BTKH, mask_BST = KVCache(cfg.mask_across_document_boundaries, name="cache")(
+                k_BSKH, v_BSKH, segment_ids_BS
+            )
+            o_BSNH = masked_attention(q_BSNH, k_BTKH, v_BTKH, mask_BST, scale)
+        else:
+            o_BSNH = attend(
+                q_BSNH,
+                k_BSKH,
+                v_BSKH,
+                segment_ids_BS=segment_ids_BS,
+                causal=cfg.causal,
+                scale=scale,
+                backend=cfg.attention_backend,
+            )
         out_BSD = HeadsDense(
             features=(cfg.embedding_dim,),
             num_contracted=2,
@@ -161,7 +194,11 @@ class FFNBlock(nn.Module):
     def __call__(self, x_BSD: jax.Array) -> jax.Array:
         cfg = self.config
         dtype = cfg._dtype
-        h_BSD = RMSNorm(dtype=dtype, name="norm")(x_BSD)
+        batch, seq_len, _ = x_BSD.shape
+        # Tokens flattened: 2-D matmuls (see the module docstring).
+        h_TD = RMSNorm(dtype=dtype, eps=cfg.norm_eps, name="norm")(x_BSD).reshape(
+            batch * seq_len, cfg.embedding_dim
+        )
         widen = functools.partial(
             nn.Dense,
             features=cfg.ffn_hidden_dim,
@@ -171,10 +208,11 @@ class FFNBlock(nn.Module):
             kernel_init=_kernel_init(("embed", "mlp")),
             bias_init=_bias_init(("mlp",)),
         )
-        gate_BSF = widen(name="gate")(h_BSD)
-        up_BSF = widen(name="up")(h_BSD)
-        hidden_BSF = nn.with_logical_constraint(nn.silu(gate_BSF) * up_BSF, MLP_AXES)
-        out_BSD = nn.Dense(
+        gate_TF = widen(name="gate")(h_TD)
+        up_TF = widen(name="up")(h_TD)
+        hidden_BSF = (nn.silu(gate_TF) * up_TF).reshape(batch, seq_len, cfg.ffn_hidden_dim)
+        hidden_TF = nn.with_logical_constraint(hidden_BSF, MLP_AXES).reshape(batch * seq_len, -1)
+        out_TD = nn.Dense(
             features=cfg.embedding_dim,
             use_bias=cfg.use_bias,
             dtype=dtype,
@@ -182,8 +220,8 @@ class FFNBlock(nn.Module):
             kernel_init=_kernel_init(("mlp", "embed")),
             bias_init=_bias_init(("embed",)),
             name="down",
-        )(hidden_BSF)
-        out_BSD = _dropout(cfg, self.train, out_BSD)
+        )(hidden_TF)
+        out_BSD = _dropout(cfg, self.train, out_TD.reshape(x_BSD.shape))
         return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
 
 
@@ -192,6 +230,7 @@ class TransformerBlock(nn.Module):
 
     config: LlamaConfig
     train: bool = False
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -200,7 +239,8 @@ class TransformerBlock(nn.Module):
         pos_BS: jax.Array | None = None,
         segment_ids_BS: jax.Array | None = None,
     ) -> jax.Array:
-        x_BSD = SelfAttentionBlock(self.config, self.train, name="attention")(x_BSD, pos_BS, segment_ids_BS)
+        attention = SelfAttentionBlock(self.config, self.train, self.decode, name="attention")
+        x_BSD = attention(x_BSD, pos_BS, segment_ids_BS)
         return FFNBlock(self.config, self.train, name="ffn")(x_BSD)
 
 

@@ -1,8 +1,10 @@
 """Model configuration: `LlamaConfig` and `ParallelConfig`.
 
-Both are plain dataclasses of strings, numbers and booleans so that Fiddle graphs holding them
-serialize to JSON. The field set and defaults of `LlamaConfig` mirror
-`xlstm_jax.models.llama.llama.LlamaConfig`.
+All are plain dataclasses of strings, numbers and booleans so that Fiddle graphs holding them
+serialize to JSON. The field set and defaults of `LlamaConfig` up to `parallel` mirror
+`xlstm_jax.models.llama.llama.LlamaConfig`; the fields after it (grouped-query attention, norm
+epsilon, rope scaling, q/k/v-only biases, tied embeddings) come with defaults that keep every
+earlier config meaning what it meant.
 """
 
 from __future__ import annotations
@@ -60,6 +62,34 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass
+class RopeScaling:
+    """Llama 3's frequency-dependent rotary scaling (HF `rope_type="llama3"`).
+
+    Rotary frequencies whose wavelength exceeds `original_max_position_embeddings /
+    low_freq_factor` are divided by `factor`; those shorter than `original_max_position_embeddings
+    / high_freq_factor` stay; those in between are interpolated smoothly.
+    """
+
+    factor: float = 8.0
+    """How much the longest wavelengths are stretched."""
+    low_freq_factor: float = 1.0
+    """Wavelengths longer than original_max_position_embeddings / this are divided by factor."""
+    high_freq_factor: float = 4.0
+    """Wavelengths shorter than original_max_position_embeddings / this are left alone."""
+    original_max_position_embeddings: int = 8192
+    """The context length the model was pretrained with before scaling."""
+
+    def __post_init__(self) -> None:
+        if self.factor <= 0 or self.original_max_position_embeddings <= 0:
+            raise ValueError("RopeScaling.factor and original_max_position_embeddings must be > 0.")
+        if not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                f"RopeScaling needs 0 < low_freq_factor < high_freq_factor; got "
+                f"{self.low_freq_factor} and {self.high_freq_factor}."
+            )
+
+
+@dataclasses.dataclass
 class LlamaConfig:
     """Hyperparameters of a Llama-style decoder-only transformer."""
 
@@ -99,6 +129,16 @@ class LlamaConfig:
     """If set, logits become cap * tanh(logits / cap)."""
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     """Mesh axes and memory levers."""
+    num_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); must divide num_heads. None: one per query head."""
+    norm_eps: float = 1e-6
+    """Epsilon inside the square root of every RMSNorm (Llama 2/3, Mistral: 1e-5)."""
+    rope_scaling: RopeScaling | None = None
+    """Llama 3's rotary frequency scaling; None keeps plain rotary frequencies."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only (Qwen2); use_bias puts them everywhere."""
+    tie_embeddings: bool = False
+    """The LM head is the transposed embedding table (no separate head weights, no head bias)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -134,10 +174,30 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig.theta={self.theta} must be > 0.")
         if self.logits_soft_cap is not None and self.logits_soft_cap <= 0:
             raise ValueError(f"LlamaConfig.logits_soft_cap={self.logits_soft_cap} must be > 0 or None.")
+        kv = self.num_kv_heads
+        if kv is not None and (not isinstance(kv, int) or kv <= 0 or self.num_heads % kv):
+            divisors = [str(d) for d in range(1, self.num_heads + 1) if self.num_heads % d == 0]
+            raise ValueError(
+                f"LlamaConfig.num_kv_heads={kv!r} does not divide the {self.num_heads} query heads "
+                f"(embedding_dim // head_dim); use one of {', '.join(divisors)}, or None for "
+                f"{self.num_heads}."
+            )
+        if not self.norm_eps > 0:
+            raise ValueError(f"LlamaConfig.norm_eps={self.norm_eps} must be > 0.")
+        if self.tie_embeddings and self.use_bias:
+            raise ValueError(
+                "LlamaConfig.tie_embeddings=True leaves the LM head without the bias that use_bias=True "
+                "asks for; set use_bias=False (qkv_bias=True keeps q/k/v biases) or tie_embeddings=False."
+            )
 
     @property
     def num_heads(self) -> int:
         return self.embedding_dim // self.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: num_kv_heads, or num_heads when it is None."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def ffn_hidden_dim(self) -> int:
@@ -160,17 +220,56 @@ def _divisors_near(n: int, target: int) -> str:
 
 
 def num_params(config: LlamaConfig) -> int:
-    """Closed-form parameter count of `LlamaTransformer(config)` (untied embedding and head)."""
+    """Closed-form parameter count of `LlamaTransformer(config)`."""
     d, f, v, n_layers = config.embedding_dim, config.ffn_hidden_dim, config.vocab_size, config.num_blocks
-    attn = 4 * d * d + (4 * d if config.use_bias else 0)
+    kv = config.kv_heads * config.head_dim  # width of the key and of the value projection
+    attn = _attention_matmul_params(config)
+    if config.use_bias or config.qkv_bias:
+        attn += d + 2 * kv  # q, k, v biases
+    if config.use_bias:
+        attn += d  # the output projection's bias
     qk_norm = 2 * config.head_dim if config.qk_norm else 0
     ffn = 3 * d * f + ((2 * f + d) if config.use_bias else 0)
     norms = 2 * d
-    head_bias = v if config.use_bias else 0
-    return v * d + n_layers * (attn + qk_norm + ffn + norms) + d + d * v + head_bias
+    head = 0 if config.tie_embeddings else d * v + (v if config.use_bias else 0)
+    return v * d + n_layers * (attn + qk_norm + ffn + norms) + d + head
 
 
 def num_matmul_params(config: LlamaConfig) -> int:
-    """Parameters that take part in a matmul per token (all but the embedding, norms, biases)."""
+    """Parameters that take part in a matmul per token (all but the embedding lookup, norms and
+    biases; a tied head counts once, as the head)."""
     d, f = config.embedding_dim, config.ffn_hidden_dim
-    return config.num_blocks * (4 * d * d + 3 * d * f) + d * config.vocab_size
+    return config.num_blocks * (_attention_matmul_params(config) + 3 * d * f) + d * config.vocab_size
+
+
+def _attention_matmul_params(config: LlamaConfig) -> int:
+    """q and out are D x D; k and v are D x (kv_heads * head_dim)."""
+    d = config.embedding_dim
+    return 2 * d * d + 2 * d * config.kv_heads * config.head_dim
+
+
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "embedding_dim", "num_blocks", "head_dim", "qk_norm", "causal", "theta",
+    "ffn_multiple_of", "ffn_dim_multiplier", "use_bias", "logits_soft_cap", "num_kv_heads",
+    "norm_eps", "rope_scaling", "qkv_bias", "tie_embeddings",
+)  # fmt: skip
+"""The fields that decide what the weights mean; the others (layout, dtype, kernels, dropout,
+masking, the mesh) change how a model computes or trains, not the function of its weights."""
+
+# Fields that spell a size more than one way are compared by the size they give.
+_COMPARED_AS = {
+    "ffn_multiple_of": "ffn_hidden_dim",
+    "ffn_dim_multiplier": "ffn_hidden_dim",
+    "num_kv_heads": "kv_heads",
+}
+
+
+def architecture_difference(ours: LlamaConfig, theirs: LlamaConfig) -> tuple[str, str, Any, Any] | None:
+    """For the first architecture field that differs: (the field, the value compared, ours,
+    theirs), e.g. ("num_kv_heads", "kv_heads", 4, 2); None when the architectures are equal."""
+    for name in ARCHITECTURE_FIELDS:
+        compared = _COMPARED_AS.get(name, name)
+        mine, other = getattr(ours, compared), getattr(theirs, compared)
+        if mine != other:
+            return name, compared, mine, other
+    return None

@@ -9,10 +9,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-RMS_NORM_EPS = 1e-6
-"""Epsilon inside the square root. Fixed (LlamaConfig has no field for it); equal to the default
-`rms_norm_eps` of `transformers.LlamaConfig`, which the HF interop checks."""
-
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * scale over the last axis, with a learned float32 scale.
@@ -23,6 +19,8 @@ class RMSNorm(nn.Module):
 
     dtype: jnp.dtype = jnp.float32
     """Dtype of the output."""
+    eps: float = 1e-6
+    """Epsilon inside the square root (`LlamaConfig.norm_eps`)."""
 
     @nn.compact
     def __call__(self, x_BSD: jax.Array) -> jax.Array:
@@ -33,5 +31,5 @@ class RMSNorm(nn.Module):
             jnp.float32,
         )
         x32_BSD = x_BSD.astype(jnp.float32)
-        inv_rms_BS1 = jax.lax.rsqrt(jnp.mean(jnp.square(x32_BSD), axis=-1, keepdims=True) + RMS_NORM_EPS)
+        inv_rms_BS1 = jax.lax.rsqrt(jnp.mean(jnp.square(x32_BSD), axis=-1, keepdims=True) + self.eps)
         return (x32_BSD * inv_rms_BS1 * scale_D).astype(self.dtype)

@@ -31,9 +31,9 @@ _REMAT_POLICIES = {
 }
 
 
-def _block_class(config: LlamaConfig) -> type[nn.Module]:
+def _block_class(config: LlamaConfig, decode: bool) -> type[nn.Module]:
     remat = config.parallel.remat
-    if remat == "none":
+    if remat == "none" or decode:  # decoding has no backward pass to save memory for
         return TransformerBlock
     if remat not in _REMAT_POLICIES:
         raise ValueError(f"ParallelConfig.remat={remat!r} is not one of {('none', *_REMAT_POLICIES)}.")
@@ -58,22 +58,24 @@ class TransformerBlockStack(nn.Module):
         pos_BS: jax.Array | None = None,
         segment_ids_BS: jax.Array | None = None,
         train: bool = False,
+        decode: bool = False,
     ) -> jax.Array:
         cfg = self.config
-        block_cls = _block_class(cfg)
+        block_cls = _block_class(cfg, decode)
         if not cfg.scan_blocks:
             for i in range(cfg.num_blocks):
-                x_BSD = block_cls(cfg, train, name=f"block_{i}")(x_BSD, pos_BS, segment_ids_BS)
+                x_BSD = block_cls(cfg, train, decode, name=f"block_{i}")(x_BSD, pos_BS, segment_ids_BS)
             return x_BSD
         scan = nn.scan(
             _scan_body,
-            variable_axes={"params": 0},
+            # Each layer's KV cache is stacked along the same leading axis as its parameters.
+            variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_blocks,
             metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
         )
-        x_BSD, _ = scan(block_cls(cfg, train, name=SCANNED_NAME), x_BSD, pos_BS, segment_ids_BS)
+        x_BSD, _ = scan(block_cls(cfg, train, decode, name=SCANNED_NAME), x_BSD, pos_BS, segment_ids_BS)
         return x_BSD
 
 

@@ -169,3 +169,52 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator)
         ),
     )
     return restored["state"]
+
+
+# --- Reading another run's parameters ----------------------------------------------------
+
+
+class NoSuchCheckpoint(ValueError):
+    """A run directory without checkpoints, or without the step asked for."""
+
+
+def saved_steps(directory: pathlib.Path) -> list[int]:
+    """Complete checkpoints under `directory` (Orbax renames a step to its number when done)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def choose_step(directory: pathlib.Path, step: int | None) -> int:
+    """`step`, or the latest, after checking that it is there; raises NoSuchCheckpoint naming
+    what is there."""
+    steps = saved_steps(directory)
+    if not steps:
+        raise NoSuchCheckpoint(
+            f"{directory} holds no complete checkpoint; train the run first (or wait for its "
+            f"first save, every trainer.checkpoint.every_steps steps)."
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise NoSuchCheckpoint(
+            f"{directory} has no checkpoint at step {step}; it has steps {', '.join(map(str, steps))}."
+        )
+    return step
+
+
+def saved_params(directory: pathlib.Path, step: int):
+    """ShapeDtypeStructs of the parameters saved at `step`, in the layout they were saved in."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(directory.absolute() / str(step) / "state")
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(metadata.tree)["params"])
+
+
+def restore_params(directory: pathlib.Path, step: int, abstract_params):
+    """Only the parameters of checkpoint `step`, into `abstract_params`' shapes and shardings
+    (ShapeDtypeStructs); the optimizer state and the data iterators stay on disk."""
+    target = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(directory.absolute() / str(step) / "state", args=args)["params"]

@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 
 from llama_fdl import sharding
 from llama_fdl.data.config import DataConfig
+from llama_fdl.train import init_from
 from llama_fdl.train.checkpoint import CheckpointConfig
 
 
@@ -32,11 +33,22 @@ class TrainerConfig:
     """Gradient accumulation: each step runs the batch as this many microbatches, one at a time."""
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     """When checkpoints are written and which are kept."""
+    sample_every: int = 0
+    """Write continuations of validation prompts to TensorBoard's text tab every this many steps;
+    0 turns samples off."""
+    init_from: str | None = None
+    """Start from these weights instead of random ones: "hf:DIR" (an HF Llama/Mistral/Qwen2
+    directory) or "run:DIR" / "run:DIR@STEP" (another run's parameters; its optimizer state and
+    data position are not taken). Only when the run starts; a resumed run keeps its own."""
 
     def __post_init__(self) -> None:
         for name in ("num_train_steps", "eval_every", "log_every", "num_microbatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)} must be a positive integer.")
+        if self.sample_every < 0:
+            raise ValueError(f"trainer.sample_every={self.sample_every} must be >= 0 (0: no samples).")
+        if self.init_from is not None:
+            init_from.parse(self.init_from)
 
 
 @dataclasses.dataclass

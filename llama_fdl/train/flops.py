@@ -17,8 +17,12 @@ import jax.numpy as jnp
 from llama_fdl.model.config import LlamaConfig, num_matmul_params
 
 # Dense bf16 peak FLOP/s per device from vendor datasheets (no sparsity).
+# More specific names first: a device kind takes the first entry it starts with.
 KNOWN_PEAKS = {
+    "NVIDIA H200 NVL": 835e12,
     "NVIDIA H200": 989e12,
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
     "NVIDIA H100 80GB HBM3": 989e12,
     "NVIDIA H100": 989e12,
     "NVIDIA A100-SXM4-80GB": 312e12,

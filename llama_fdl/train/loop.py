@@ -16,15 +16,15 @@ import time
 import jax
 import numpy as np
 
-from llama_fdl import sharding
+from llama_fdl import generate, sharding
 from llama_fdl.data import pipeline
+from llama_fdl.train import aot, flops, init_from
 from llama_fdl.train import checkpoint as ckpt
-from llama_fdl.train import flops
 from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 from llama_fdl.train.preemption import StopRequest
-from llama_fdl.train.step import eval_step, train_step
+from llama_fdl.train.step import eval_step
 
 
 @dataclasses.dataclass
@@ -35,6 +35,8 @@ class RunOptions:
     """Trace steps first..last (inclusive) with jax.profiler into RUN/plugins/profile."""
     peak_flops_per_device: float | None = None
     """Peak FLOP/s of one device for MFU; None takes the table's value or measures the CPU."""
+    hparams: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
+    """More columns for TensorBoard's HParams tab (a sweep adds its point and what it varies)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -108,9 +110,11 @@ def _train(
     batch_sh = sharding.batch_sharding(mesh, parallel)
 
     train_iter = pipeline.train_iterator(data)
-    eval_sets = [
-        (s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in pipeline.eval_sets(data)
-    ]
+    local_eval_sets = pipeline.eval_sets(data)
+    eval_sets = [(s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in local_eval_sets]
+    samples = None
+    if trainer.sample_every:  # prompts from the source's own validation split (a mixture's whole)
+        samples = generate.TrainingSamples(model, data, local_eval_sets[0].batches[0], trainer.seed)
     writer = metrics_lib.MetricWriter(str(workdir))
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
@@ -126,8 +130,9 @@ def _train(
     shardings = state_lib.state_shardings(boxed, mesh, parallel)
     latest = manager.latest_step()
     if latest is None:
-        state, _ = state_lib.init_state(model, tx, data.sequence_length, trainer.seed, mesh, parallel)
-        _say(f"Starting {workdir} from scratch.")
+        state = _first_state(experiment, tx, shardings)
+        origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
+        _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
             writer.text(0, name, body)
     else:
@@ -144,20 +149,21 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            mesh=mesh,
+    step_fn = None  # a finished run has no step to compile
+    if start < total_steps:
+        compiled = aot.compile_train_step(
+            model,
+            tx,
+            schedule,
+            mesh,
+            batch_size=data.batch_size,
+            sequence_length=data.sequence_length,
+            seed=trainer.seed,
             num_microbatches=trainer.num_microbatches,
             skip_nonfinite=trainer.skip_nonfinite_steps,
-        ),
-        in_shardings=(shardings, batch_sh),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+        )
+        _say(compiled.describe())
+        step_fn = compiled.step
     byte_lengths_V = jax.numpy.asarray(data.vocabulary.byte_lengths())
     eval_fn = jax.jit(
         functools.partial(eval_step, model=model, mesh=mesh, byte_lengths_V=byte_lengths_V),
@@ -220,19 +226,22 @@ def _train(
                 jax.profiler.stop_trace()
             evaluating = done % trainer.eval_every == 0 or done == total_steps
             saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
-            if evaluating or saving or stop.requested:
+            sampling = samples is not None and done % trainer.sample_every == 0
+            if evaluating or saving or sampling or stop.requested:
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
                 last_eval = evaluate(eval_fn, state.params, eval_sets)
                 writer.scalars(done, last_eval)
                 _say(_eval_line(done, last_eval))
+            if sampling:
+                writer.markdown(done, "samples", samples.markdown(state.params))
             if saving or stop.requested:
                 ckpt.save(manager, done, state, train_iter, meta, force=True)
             if stop.requested:
                 _say(f"{stop.signal_name}: saved the checkpoint at step {done}; rerun to resume.")
                 break
-            if pending is None:  # eval and saves are not train throughput
+            if pending is None:  # eval, samples and saves are not train throughput
                 window_start, window_steps = time.perf_counter(), 0
         if pending is not None:
             finish_step(*pending)
@@ -258,9 +267,21 @@ def _train(
         _say(f"Nothing to do: {workdir} already reached step {start}.")
         _say(_eval_line(start, last_eval))
     if last_eval and int(jax.device_get(state.step)) == total_steps:
-        writer.hparams(_hparams(experiment), {"hparams/eval_loss": last_eval["eval/loss"]})
+        hparams = {**_hparams(experiment), **options.hparams}
+        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
     writer.close()
     return last_eval
+
+
+def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
+    """Random parameters, or trainer.init_from's, with a fresh optimizer state."""
+    model, trainer = experiment.model, experiment.trainer
+    if trainer.init_from:
+        params = init_from.load(trainer.init_from, model.config, shardings.params)
+        return state_lib.state_from_params(params, tx, trainer.seed, shardings)
+    parallel = model.config.parallel
+    seq_len = experiment.data.sequence_length
+    return state_lib.init_state(model, tx, seq_len, trainer.seed, experiment.mesh, parallel)[0]
 
 
 def _eval_line(step: int, metrics: dict[str, float]) -> str:

@@ -33,6 +33,11 @@ class MetricWriter:
             # Markdown code block keeps the config's alignment in TensorBoard's text tab.
             self._writer.add_text(name, "```\n" + body + "\n```", global_step=step)
 
+    def markdown(self, step: int, name: str, body: str) -> None:
+        """Text that TensorBoard renders as markdown (headings, code blocks)."""
+        if self._writer is not None:
+            self._writer.add_text(name, body, global_step=step)
+
     def resumed_at(self, step: int) -> None:
         """Marks a restart, so TensorBoard drops what a killed run logged after its checkpoint."""
         if self._writer is not None:

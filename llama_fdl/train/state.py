@@ -30,18 +30,23 @@ class TrainState:
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, seed: int):
     def init() -> TrainState:
-        init_rng, train_rng = jax.random.split(jax.random.key(seed))
+        init_rng, _ = jax.random.split(jax.random.key(seed))
         tokens_BL = jnp.zeros((1, seq_len), jnp.int32)
         variables = model.init({"params": init_rng, "dropout": init_rng}, tokens_BL)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(train_rng),
-        )
+        return _fresh_state(variables["params"], tx, seed)
 
     return init
+
+
+def _fresh_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Step 0, a new optimizer state and the seed's train rng around `params`."""
+    _, train_rng = jax.random.split(jax.random.key(seed))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(train_rng),
+    )
 
 
 def abstract_state(model: nn.Module, tx, seq_len: int, seed: int) -> TrainState:
@@ -62,6 +67,14 @@ def init_state(
     shardings = state_shardings(boxed, mesh, parallel)
     init = jax.jit(lambda: nn.meta.unbox(_init_fn(model, tx, seq_len, seed)()), out_shardings=shardings)
     return init(), shardings
+
+
+def state_from_params(params, tx, seed: int, shardings: TrainState) -> TrainState:
+    """A fresh state around given parameters (trainer.init_from), laid out by `shardings`."""
+    build = jax.jit(
+        lambda p: _fresh_state(p, tx, seed), in_shardings=(shardings.params,), out_shardings=shardings
+    )
+    return build(params)
 
 
 def unboxed_abstract(boxed: TrainState, shardings: TrainState) -> TrainState:
