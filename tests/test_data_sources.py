@@ -3,6 +3,7 @@ clear line that leaves no run directory behind."""
 
 import gzip
 import json
+import os
 import pathlib
 import re
 import sys
@@ -183,6 +184,12 @@ def _sentencepiece_model_of_another_size(tmp_path) -> str:
     return str(tokenizer.train(tokenizer.lines_of([str(corpus)]), 300, tmp_path / "spm.model"))
 
 
+def _jsonl_with_bad_line(cfg, tmp_path: pathlib.Path, line: str) -> None:
+    """cfg reads a JSONL corpus whose validation file starts with `line`."""
+    source = _bad_jsonl(tmp_path / "jsonl", line, "validation").source
+    cfg.data.source = builders.jsonl_files(source.files, validation_files=source.validation_files)
+
+
 BAD = {
     "glob matches nothing": (
         lambda cfg, tmp: setattr(cfg.data, "source", builders.text_files(f"{tmp}/none/*.txt")),
@@ -191,6 +198,14 @@ BAD = {
     "no validation files": (
         lambda cfg, tmp: setattr(cfg.data, "source", builders.jsonl_files(f"{tmp}/one/*.jsonl")),
         r"JsonlFiles\(files=.*\) has no validation files; pass validation_files=GLOB\.",
+    ),
+    "jsonl line not json": (
+        lambda cfg, tmp: _jsonl_with_bad_line(cfg, tmp, '{"text": "unterminated'),
+        r"valid.jsonl line 1 is not JSON \(Unterminated string.*\); fix or remove that line\.$",
+    ),
+    "jsonl line lacks the field": (
+        lambda cfg, tmp: _jsonl_with_bad_line(cfg, tmp, '{"body": "no text here"}'),
+        r"valid.jsonl line 1 has no field 'text' \(it has \['body'\]\); fix or remove that line\.$",
     ),
     "unknown task": (
         lambda cfg, tmp: setattr(cfg.data, "source", builders.seqio_task("glue_cola_v200")),
@@ -262,3 +277,21 @@ def test_gzip_is_recognised_by_name_not_content(tmp_path):
     (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress(b'{"text": "zipped"}\n'))
     source = JsonlFiles(f"{tmp_path}/*.gz", validation_files=f"{tmp_path}/*.gz")
     assert _validation_text(DataConfig(sequence_length=16, source=source)) == b"zipped"
+
+
+def test_held_back_stderr_is_shown_only_when_it_may_explain_a_failure(capfd):
+    from llama_fdl.data.quiet_import import quiet_stderr
+
+    def chatter_then(error):
+        with quiet_stderr():
+            os.write(2, b"library chatter\n")
+            if error:
+                raise error
+
+    chatter_then(None)
+    with pytest.raises(ValueError):
+        chatter_then(ValueError("one line for a person"))
+    assert "chatter" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError):  # control: an unexpected failure shows what was held back
+        chatter_then(RuntimeError("crash"))
+    assert capfd.readouterr().err == "library chatter\n"

@@ -17,7 +17,7 @@ import numpy as np
 
 from llama_fdl.data import packing, streams
 from llama_fdl.data.config import DataConfig
-from llama_fdl.data.quiet_import import seqio, tf
+from llama_fdl.data.quiet_import import quiet_stderr, seqio, tf
 from llama_fdl.data.sources import DataError, Mixture, Source
 
 FEATURES = packing.FEATURES
@@ -127,10 +127,14 @@ def check(config: DataConfig) -> None:
     reads the fixed eval sets and the first train batch: the eval sets must fit in the
     validation splits, and a bad document among what was read is named. A bad JSONL line
     deeper in the train files is named when training reaches it (the run stops there).
+
+    Library chatter on stderr is held back (`quiet_stderr`), so a bad setting reads as one line;
+    the loop builds these pipelines again, where any warning shows.
     """
-    eval_sets(config)
-    ds = packed_dataset(config, "train")
-    next_batch(iter(ds))
+    with quiet_stderr():
+        eval_sets(config)
+        ds = packed_dataset(config, "train")
+        next_batch(iter(ds))
 
 
 def to_global(batch: dict, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
