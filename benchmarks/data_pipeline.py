@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import functools
 import gzip
 import json
 import os
@@ -35,6 +34,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from llama_fdl import host_memory  # noqa: E402
 from llama_fdl.data import sources  # noqa: E402
 
 SEQUENCE, BATCH = 256, 16
@@ -117,27 +117,36 @@ def pipeline_tokens_per_second(config, seconds: float) -> float:
 
 
 def step_tokens_per_second(experiment_name: str, steps: int = 20) -> float:
-    """Batch positions per second of experiments.NAME's jitted train step on real batches."""
+    """Batch positions per second of experiments.NAME's train step, compiled as the loop compiles
+    it (`aot.compile_train_step`), on real batches."""
     import fiddle as fdl
     import jax
 
     import experiments
     from llama_fdl import sharding
     from llama_fdl.data import pipeline
+    from llama_fdl.train import aot
     from llama_fdl.train import state as state_lib
-    from llama_fdl.train.step import train_step
 
     exp = fdl.build(getattr(experiments, experiment_name)())
-    tx, schedule = exp.optimizer(exp.trainer.num_train_steps)
-    parallel = exp.model.config.parallel
-    state, _ = state_lib.init_state(exp.model, tx, exp.data.sequence_length, 0, exp.mesh, parallel)
+    model, data, trainer = exp.model, exp.data, exp.trainer
+    tx, schedule = exp.optimizer(trainer.num_train_steps)
+    parallel = model.config.parallel
+    state, _ = state_lib.init_state(model, tx, data.sequence_length, trainer.seed, exp.mesh, parallel)
     batch_sh = sharding.batch_sharding(exp.mesh, parallel)
-    it = pipeline.train_iterator(exp.data)
+    it = pipeline.train_iterator(data)
     batches = [pipeline.to_global(next(it), batch_sh) for _ in range(steps + 3)]
-    step = jax.jit(
-        functools.partial(train_step, model=exp.model, tx=tx, schedule=schedule, mesh=exp.mesh),
-        donate_argnums=0,
-    )
+    step = aot.compile_train_step(
+        model,
+        tx,
+        schedule,
+        exp.mesh,
+        batch_size=data.batch_size,
+        sequence_length=data.sequence_length,
+        seed=trainer.seed,
+        num_microbatches=trainer.num_microbatches,
+        skip_nonfinite=trainer.skip_nonfinite_steps,
+    ).step
     for batch in batches[:3]:
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -145,7 +154,7 @@ def step_tokens_per_second(experiment_name: str, steps: int = 20) -> float:
     for batch in batches[3:]:
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    return steps * exp.data.batch_size * exp.data.sequence_length / (time.perf_counter() - start)
+    return steps * data.batch_size * data.sequence_length / (time.perf_counter() - start)
 
 
 def register_task(root: pathlib.Path) -> str:
@@ -305,4 +314,5 @@ if __name__ == "__main__":
     elif "--_train" in sys.argv:
         _child_train(json.loads(sys.argv[sys.argv.index("--_train") + 1]))
     else:
+        host_memory.reexec_with_huge_pages()  # the step as the launcher runs it (and every child)
         main()
