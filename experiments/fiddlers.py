@@ -7,6 +7,7 @@ Fiddlers run before --fdl.PATH=VALUE settings, so a setting on the command line 
 
 import fiddle as fdl
 
+from llama_fdl import builders
 from llama_fdl.model import xlstm_jax
 from llama_fdl.model.config import RematPolicy
 
@@ -73,3 +74,38 @@ def xlstm_parallel(cfg: fdl.Config, **keywords) -> None:
     parallel = fdl.Config(xlstm_jax.parallel_config, **keywords)
     cfg.model.config.parallel = parallel
     cfg.mesh.parallel = parallel
+
+
+def text_files(
+    cfg: fdl.Config, files: str | tuple[str, ...], validation_files: str | tuple[str, ...] = ""
+) -> None:
+    """Train on text files matched by glob(s), each file one document.
+
+    Validation is `validation_files` (taken out of `files`), or else the files whose path hash
+    puts them there (about 2%). Example: --fiddler='text_files("corpus/**/*.txt")'.
+    """
+    cfg.data.source = builders.text_files(files, validation_files)
+
+
+def jsonl(
+    cfg: fdl.Config,
+    files: str | tuple[str, ...],
+    validation_files: str | tuple[str, ...] = "",
+    field: str = "text",
+) -> None:
+    """Train on JSON Lines files (`.gz` too), each line one document with its text in `field`.
+
+    Example: --fiddler='jsonl("data/*.jsonl.gz", validation_files="data/valid.jsonl.gz")'.
+    """
+    cfg.data.source = builders.jsonl_files(files, validation_files, field)
+
+
+def seqio_task(cfg: fdl.Config, name: str, module: str | tuple[str, ...] = "") -> None:
+    """Train on a registered seqio Task or Mixture, importing `module` first (it registers it).
+
+    Example: --fiddler='seqio_task("my_mixture", module="my_tasks")'; the module may also be
+    given as --fdl.data.module=my_tasks.
+    """
+    cfg.data.source = builders.seqio_task(name)
+    if module:
+        cfg.data.module = module

@@ -12,8 +12,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from etils import epath
+
+from llama_fdl.data.quiet_import import tf
 
 
 def _prefix(directory: epath.Path) -> str:

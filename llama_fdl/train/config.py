@@ -78,10 +78,10 @@ class Experiment:
         """Cross-part checks that no single part can make; raises ValueError naming the fix."""
         model_config = self.model.config
         vocab = self.data.vocabulary_size
-        if model_config.vocab_size < vocab:
+        if model_config.vocab_size != vocab:
             raise ValueError(
-                f"model.config.vocab_size={model_config.vocab_size} is smaller than the data's "
-                f"vocabulary ({vocab} ids); set it to at least {vocab}."
+                f"model.config.vocab_size={model_config.vocab_size} but data.vocabulary has {vocab} ids; "
+                f"let vocab_size follow the vocabulary as the builders derive it, or set it to {vocab}."
             )
         # Building the optimizer checks the schedule against the run length (warmup < steps).
         self.optimizer(self.trainer.num_train_steps)

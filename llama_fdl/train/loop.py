@@ -42,20 +42,28 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf and the run was stopped."""
 
 
-def evaluate(eval_fn, params, batches: list[dict]) -> dict[str, float]:
-    """Loss and accuracy over the fixed eval batches, weighted by non-padding tokens."""
-    totals = None
-    for batch in batches:
-        stats = eval_fn(params, batch)
-        totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
-    totals = jax.device_get(totals)
-    weight = max(float(totals["weight_sum"]), 1.0)
-    loss = float(totals["loss_sum"]) / weight
-    return {
-        "eval/loss": loss,
-        "eval/perplexity": float(np.exp(loss)),
-        "eval/accuracy": float(totals["correct_sum"]) / weight,
-    }
+def evaluate(eval_fn, params, eval_sets: list[tuple[str, list[dict]]]) -> dict[str, float]:
+    """Loss, accuracy and bits per byte over each fixed eval set, weighted by non-padding tokens.
+
+    Bits per byte are the summed nats over the UTF-8 bytes the target tokens decode to, / ln 2,
+    so runs with different vocabularies compare on one axis. Each set's metrics are named with
+    its prefix (`eval/`, or `eval/<component>/` for a mixture's components).
+    """
+    metrics = {}
+    for prefix, batches in eval_sets:
+        totals = None
+        for batch in batches:
+            stats = eval_fn(params, batch)
+            totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
+        totals = jax.device_get(totals)
+        weight = max(float(totals["weight_sum"]), 1.0)
+        loss = float(totals["loss_sum"]) / weight
+        metrics[f"{prefix}loss"] = loss
+        metrics[f"{prefix}perplexity"] = float(np.exp(loss))
+        metrics[f"{prefix}accuracy"] = float(totals["correct_sum"]) / weight
+        nats_per_byte = float(totals["loss_sum"]) / max(float(totals["byte_sum"]), 1.0)
+        metrics[f"{prefix}bits_per_byte"] = nats_per_byte / np.log(2)
+    return metrics
 
 
 def train(
@@ -110,11 +118,11 @@ def _train(
     batch_sh = sharding.batch_sharding(mesh, parallel)
     flag_sh = preemption.flag_sharding(mesh)
 
-    local_eval_batches = pipeline.eval_batches(data)
-    eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
+    local_eval_sets = pipeline.eval_sets(data)
+    eval_sets = [(s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in local_eval_sets]
     samples = None
-    if trainer.sample_every:
-        samples = generate.TrainingSamples(model, data, local_eval_batches[0], trainer.seed)
+    if trainer.sample_every:  # prompts from the source's own validation split (a mixture's whole)
+        samples = generate.TrainingSamples(model, data, local_eval_sets[0].batches[0], trainer.seed)
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
 
@@ -173,8 +181,10 @@ def _train(
             compiled = compile_step(with_intermediates=True)
             _say(f"With intermediates: {compiled.describe()}")
             intermediates_step_fn = compiled.step
+    byte_lengths_V = jax.numpy.asarray(data.vocabulary.byte_lengths())
     eval_fn = jax.jit(
-        functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
+        functools.partial(eval_step, model=model, mesh=mesh, byte_lengths_V=byte_lengths_V),
+        in_shardings=(shardings.params, batch_sh),
     )
     tokens_per_step = data.batch_size * data.sequence_length
 
@@ -228,7 +238,7 @@ def _train(
             done = step + 1
             if options.profile_steps and done == options.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir))
-            batch = pipeline.to_global(next(train_iter), batch_sh)
+            batch = pipeline.to_global(pipeline.next_batch(train_iter), batch_sh)
             every = trainer.log_intermediates_every
             recording = every and done % every == 0
             state, device_metrics = (intermediates_step_fn if recording else step_fn)(
@@ -249,9 +259,9 @@ def _train(
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
-                last_eval = evaluate(eval_fn, state.params, eval_batches)
+                last_eval = evaluate(eval_fn, state.params, eval_sets)
                 writer.scalars(done, last_eval)
-                _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
+                _say(_eval_line(done, last_eval))
             if sampling:
                 writer.markdown(done, "samples", samples.markdown(state.params))
             if saving or agreed_stop:
@@ -282,8 +292,9 @@ def _train(
 
     # --- Finish --------------------------------------------------------------------------
     if start >= total_steps:
-        last_eval = evaluate(eval_fn, state.params, eval_batches)
+        last_eval = evaluate(eval_fn, state.params, eval_sets)
         _say(f"Nothing to do: {workdir} already reached step {start}.")
+        _say(_eval_line(start, last_eval))
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         hparams = {**_hparams(experiment), **options.hparams}
         writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
@@ -300,6 +311,12 @@ def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
     parallel = model.config.parallel
     seq_len = experiment.data.sequence_length
     return state_lib.init_state(model, tx, seq_len, trainer.seed, experiment.mesh, parallel)[0]
+
+
+def _eval_line(step: int, metrics: dict[str, float]) -> str:
+    return (
+        f"eval at step {step}: loss {metrics['eval/loss']:.4f}, {metrics['eval/bits_per_byte']:.4f} bits/byte"
+    )
 
 
 def _say(message: str) -> None:

@@ -283,8 +283,19 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def eval_step(params, batch: dict, *, model: nn.Module, mesh: Mesh) -> dict[str, jax.Array]:
-    """Summed statistics of one eval batch (dropout off), to be added up over the eval set."""
+def eval_step(
+    params, batch: dict, *, model: nn.Module, mesh: Mesh, byte_lengths_V: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Summed statistics of one eval batch (dropout off), to be added up over the eval set.
+
+    With `byte_lengths_V` (how many UTF-8 bytes each token id decodes to) also the bytes the
+    target tokens decode to, the denominator of bits per byte.
+    """
     with sharding.logical_axis_scope(mesh, model.config.parallel):
         logits_BLV = _forward(model, params, batch, train=False, rng=None)
-    return _token_stats(logits_BLV, batch)
+    stats = _token_stats(logits_BLV, batch)
+    if byte_lengths_V is not None:
+        weights_BL = batch["decoder_loss_weights"].astype(jnp.float32)
+        bytes_BL = jnp.take(byte_lengths_V, batch["decoder_target_tokens"]).astype(jnp.float32)
+        stats["byte_sum"] = jnp.sum(bytes_BL * weights_BL)
+    return stats
