@@ -156,7 +156,7 @@ def test_a_checkpoint_of_another_shape_is_refused_and_nothing_is_written(tmp_pat
     target = tmp_path / "target"
     shutil.copytree(source / "checkpoints", target / "checkpoints")
     before = _tree_digest(target)
-    result = launch(TINY, "--fdl.model.config.embedding_dim=48", f"--workdir={target}")
+    result = launch_here(TINY, "--fdl.model.config.embedding_dim=48", f"--workdir={target}")
     assert result.returncode == 1
     message = last_line(result.stderr)
     assert "params/" in message and "of shape (2, 32," in message and "needs (2, 48," in message, message
@@ -176,7 +176,7 @@ def test_a_damaged_latest_checkpoint_is_named_kept_and_the_one_before_resumed(tm
     for path in [*damaged.glob("state/ocdbt.process_0/d/*"), *damaged.glob("data/*.data-*")]:
         os.truncate(path, 100)
     digest = _tree_digest(damaged)
-    result = launch(TINY, f"--workdir={workdir}")
+    result = launch_here(TINY, f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = [x for x in result.stdout.splitlines() if "cannot be read" in x]
