@@ -25,6 +25,47 @@ def launch(*args: str, timeout: int = 300, env: dict[str, str] | None = None) ->
     )
 
 
+def launch_here(*args: str) -> subprocess.CompletedProcess:
+    """`launch/launch.py ARGS` in this process: the launcher's own flag parsing, checks, run and
+    error printing (llama_fdl.commands.train), its exit status taken from SystemExit and its
+    stdout and stderr captured, without a new process's start-up (most of a tiny launch's
+    time). For tests whose point is what the launcher does with an input or an error, not the
+    process boundary; signals, absl's app.run and the console script keep `launch`. An error the
+    launcher does not catch propagates, failing the test as a traceback in `launch` would."""
+    import contextlib
+    import io
+    import signal
+
+    import jax
+    from absl import flags
+
+    from llama_fdl.commands import train
+
+    flags.FLAGS.unparse_flags()  # every flag at its default: nothing carries over from another call
+    # The launcher takes over SIGTERM/SIGINT and turns on JAX's persistent compilation cache for
+    # the rest of its process; this process gets its own back afterwards.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    jax_settings = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in jax_settings}
+    out, err = io.StringIO(), io.StringIO()
+    returncode = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                train.main(train.parse_flags(["launch.py", *args]), list(args))
+            except SystemExit as e:
+                if isinstance(e.code, str):  # sys.exit("message") prints it and exits 1
+                    print(e.code, file=sys.stderr)
+                returncode = 1 if isinstance(e.code, str) else (e.code or 0)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        flags.FLAGS.unparse_flags()
+    return subprocess.CompletedProcess(["launch.py", *args], returncode, out.getvalue(), err.getvalue())
+
+
 def run_here(workdir: pathlib.Path, **settings) -> dict[str, float]:
     """experiments.tiny with `settings` (dotted path -> value) run by `llama_fdl.runner.run` in this
     process: what the launcher runs, without a new process's start-up (JAX, TensorFlow, seqio:

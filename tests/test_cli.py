@@ -1,4 +1,8 @@
-"""The command line end to end: bad input, --fdl_help, the run directory's files, and replay."""
+"""The command line end to end: bad input, --fdl_help, the run directory's files, and replay.
+
+Bad input and --traceback run the launcher in a process of its own: that its stderr is one line
+and its exit status non-zero is a property of the whole process (start-up logs included). The
+rest run the launcher's code in this process (tests/launcher.py's launch_here)."""
 
 import os
 import pathlib
@@ -6,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from launcher import launch_here
 from tensorboard.backend.event_processing import event_accumulator
 
 import experiments
@@ -113,13 +118,13 @@ def test_traceback_shows_where_an_error_came_from(tmp_path):
 
 
 def test_fdl_help_lists_the_library_tags_and_settings():
-    result = _launch("--fdl_help")
+    result = launch_here("--fdl_help")
     assert result.returncode == 0, result.stderr
     library = [(experiments, n) for n in experiments.EXPERIMENTS + experiments.FIDDLERS]
     for module, name in library + [(experiments.sweeps, n) for n in experiments.sweeps.SWEEPS]:
         doc = getattr(module, name).__doc__.strip().splitlines()[0]
         assert doc in result.stdout, f"{name}'s one-line doc is missing from --fdl_help"
-    with_config = _launch(TINY, "--fiddler=bf16", "--fdl_help")
+    with_config = launch_here(TINY, "--fiddler=bf16", "--fdl_help")
     assert with_config.returncode == 0, with_config.stderr
     assert "DType" in with_config.stdout
     assert "  model.config.dtype = 'bfloat16'  # tags: DType" in with_config.stdout
@@ -129,7 +134,7 @@ def test_fdl_help_lists_the_library_tags_and_settings():
 def original(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs") / "original"
     args = [TINY, "--fiddler=bf16", "--fdl.model.config.num_blocks=3", *SHORT]
-    result = _launch(*args, f"--workdir={workdir}")
+    result = launch_here(*args, f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -163,7 +168,7 @@ def test_config_diff_py_turns_the_command_line_into_a_fiddler(original):
 
 def test_replaying_config_json_rebuilds_the_graph_and_the_losses(original, tmp_path):
     replay = tmp_path / "replay"
-    result = _launch(f"--fdl_config_file={original / 'config.json'}", f"--workdir={replay}")
+    result = launch_here(f"--fdl_config_file={original / 'config.json'}", f"--workdir={replay}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (replay / "config.json").read_text() == (original / "config.json").read_text()
     assert (replay / "config_diff.txt").read_text().splitlines()[1:] == ["(no changes)"]
@@ -174,7 +179,7 @@ def test_replaying_config_json_rebuilds_the_graph_and_the_losses(original, tmp_p
 
     # Control: the same file with another seed trains differently, so equality above is not vacuous.
     reseeded = tmp_path / "reseeded"
-    result = _launch(
+    result = launch_here(
         f"--fdl_config_file={original / 'config.json'}", "--fdl.trainer.seed=1", f"--workdir={reseeded}"
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Faults, each really done: signals, a second launch on a busy run directory, a kill in the
 middle of a save, NaNs, a mismatched or damaged checkpoint, an unwritable or full run directory.
-Every test drives the real launcher."""
+Every test drives the real launcher: in a process of its own where signals, kills or the
+process's exit are what is tested, in this one (tests/launcher.py's launch_here) otherwise."""
 
 import hashlib
 import os
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from launcher import checkpoint_steps, last_line, launch, run_here, scalars, start
+from launcher import checkpoint_steps, last_line, launch, launch_here, run_here, scalars, start
 
 from llama_fdl import run_lock
 
@@ -112,14 +113,18 @@ def test_a_kill_in_the_middle_of_a_save_never_leaves_a_checkpoint_taken_for_good
 
 def test_a_nan_stops_the_run_naming_the_step_and_keeping_the_last_good_checkpoint(tmp_path):
     # An absurd learning rate with clipping off blows the weights up within a few steps.
+    # In this process (the launcher's code, not its start-up): what is tested is its message.
     args = [TINY, "--fdl.optimizer.peak_learning_rate=1e30", "--fdl.optimizer.clip_norm=1e30"]
-    result = launch(*args, "--fdl.trainer.checkpoint.every_steps=1", f"--workdir={tmp_path}")
+    args += ["--fdl.trainer.checkpoint.every_steps=1", "--fdl.trainer.log_every=1"]
+    result = launch_here(*args, f"--workdir={tmp_path}")
     assert result.returncode == 1
     message = last_line(result.stderr)
     assert "non-finite loss, gradient or update" in message and "Traceback" not in result.stderr
     bad_step = int(message.split("Step ")[1].split(" ")[0])
     assert checkpoint_steps(tmp_path)[-1] == bad_step - 1
     assert f"last good checkpoint is step {bad_step - 1}" in message
+    # The failed run closed its event file (this process lives on): every good step's loss is in it.
+    assert sorted(scalars(tmp_path)["train/loss"]) == list(range(1, bad_step))
 
 
 def test_skip_nonfinite_steps_goes_on_and_counts_them(tmp_path):
@@ -151,7 +156,7 @@ def test_a_checkpoint_of_another_shape_is_refused_and_nothing_is_written(tmp_pat
     target = tmp_path / "target"
     shutil.copytree(source / "checkpoints", target / "checkpoints")
     before = _tree_digest(target)
-    result = launch(TINY, "--fdl.model.config.embedding_dim=48", f"--workdir={target}")
+    result = launch_here(TINY, "--fdl.model.config.embedding_dim=48", f"--workdir={target}")
     assert result.returncode == 1
     message = last_line(result.stderr)
     assert "params/" in message and "of shape (2, 32," in message and "needs (2, 48," in message, message
@@ -171,7 +176,7 @@ def test_a_damaged_latest_checkpoint_is_named_kept_and_the_one_before_resumed(tm
     for path in [*damaged.glob("state/ocdbt.process_0/d/*"), *damaged.glob("data/*.data-*")]:
         os.truncate(path, 100)
     digest = _tree_digest(damaged)
-    result = launch(TINY, f"--workdir={workdir}")
+    result = launch_here(TINY, f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = [x for x in result.stdout.splitlines() if "cannot be read" in x]
@@ -189,7 +194,7 @@ def test_a_damaged_latest_checkpoint_is_named_kept_and_the_one_before_resumed(tm
 
 def test_a_run_directory_under_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
-    result = launch(TINY, f"--workdir={tmp_path / 'file' / 'run'}")
+    result = launch_here(TINY, f"--workdir={tmp_path / 'file' / 'run'}")
     assert result.returncode == 1
     assert "Cannot write the run directory" in last_line(result.stderr)
     assert "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from launcher import accumulator, checkpoint_steps, launch, scalars
+from launcher import accumulator, checkpoint_steps, launch_here, scalars
 
 from llama_fdl.model import LlamaConfig, num_matmul_params
 from llama_fdl.train import flops
@@ -16,7 +16,8 @@ PEAK = 1e12
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("monitoring") / "run"
-    result = launch(
+    # The launcher's code in this process (launch_here): what is tested is what the run writes.
+    result = launch_here(
         "--fdl_config=experiments.tiny",
         "--fdl.trainer.num_train_steps=30",
         "--fdl.trainer.checkpoint.every_steps=5",

@@ -1,6 +1,10 @@
 """The whole path through the launcher: train, TensorBoard scalars, checkpoints, resume after a
 kill (of a run on the stdlib corpus, on JSONL files and on a mixture), resume in place on another
-mesh."""
+mesh.
+
+The run that is killed, and the one on 2 devices (jax fixes the device count when a process
+starts), are processes of their own; the others run the launcher's code in this process
+(tests/launcher.py's launch_here)."""
 
 import os
 import shutil
@@ -10,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from data_corpora import write_jsonl_corpus, write_mixture_corpus
-from launcher import accumulator, checkpoint_steps, launch, scalars, start
+from launcher import accumulator, checkpoint_steps, launch, launch_here, scalars, start
 
 from llama_fdl.cli import safe_load
 
@@ -18,7 +22,7 @@ from llama_fdl.cli import safe_load
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("runs") / "tiny"
-    result = launch("--fdl_config=experiments.tiny", f"--workdir={workdir}")
+    result = launch_here("--fdl_config=experiments.tiny", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -41,7 +45,7 @@ def test_run_writes_config_scalars_and_checkpoints(tiny_run):
 
 def test_rerunning_a_finished_run_trains_nothing(tiny_run):
     workdir, _ = tiny_run
-    again = launch("--fdl_config=experiments.tiny", f"--workdir={workdir}")
+    again = launch_here("--fdl_config=experiments.tiny", f"--workdir={workdir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming" in again.stdout and "already reached step 20" in again.stdout
     assert "step " not in again.stdout.replace("step 20", "")
@@ -67,7 +71,7 @@ def test_killed_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tm
         "--fdl.trainer.log_every=1",
         "--fdl.trainer.checkpoint.every_steps=10",
     ]
-    straight = launch(*args, f"--workdir={tmp_path / 'straight'}")
+    straight = launch_here(*args, f"--workdir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     workdir = tmp_path / "killed"
@@ -80,7 +84,7 @@ def test_killed_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tm
     killed_at = checkpoint_steps(workdir)
     assert killed_at and killed_at[-1] < 150, f"the run was not killed mid-way: {killed_at}"
 
-    resumed = launch(*args, f"--workdir={workdir}")
+    resumed = launch_here(*args, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"from the checkpoint at step {killed_at[-1]}" in resumed.stdout
     assert checkpoint_steps(workdir)[-1] == 150

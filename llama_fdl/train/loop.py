@@ -8,6 +8,7 @@ process (see llama_fdl.train.preemption).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -88,14 +89,14 @@ def train(
         own for its duration.
     """
     options = options or RunOptions()
-    if stop is not None:
-        return _train(experiment, workdir, config_json, texts, options, stop)
-    stop = preemption.StopRequest()  # a signal during set-up or compilation also ends in a clean save
-    stop.install()
-    try:
-        return _train(experiment, workdir, config_json, texts, options, stop)
-    finally:
-        stop.uninstall()
+    # However the run ends, its event file is closed (flushed) when this returns: a run that
+    # fails in a long-lived process (a notebook, a test) leaves a complete file, not an open one.
+    with contextlib.ExitStack() as cleanup:
+        if stop is None:
+            stop = preemption.StopRequest()  # a signal during set-up or compilation also ends in a clean save
+            stop.install()
+            cleanup.callback(stop.uninstall)
+        return _train(experiment, workdir, config_json, texts, options, stop, cleanup)
 
 
 def _train(
@@ -105,6 +106,7 @@ def _train(
     texts: dict[str, str] | None,
     options: RunOptions,
     stop: preemption.StopRequest,
+    cleanup: contextlib.ExitStack,
 ) -> dict[str, float]:
     # --- Set up --------------------------------------------------------------------------
     # Imported here, not with the module: TensorFlow (under seqio) takes seconds, and the
@@ -140,7 +142,7 @@ def _train(
     if resumed is None:
         state = _first_state(experiment, tx, shardings)
         train_iter = pipeline.train_iterator(data)
-        writer = metrics_lib.MetricWriter(str(workdir))
+        writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(str(workdir))))
         origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
         _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
@@ -148,7 +150,9 @@ def _train(
     else:
         state, train_iter, latest = resumed
         # tensorboardX's purge_step: TensorBoard drops what a killed run logged after its checkpoint.
-        writer = metrics_lib.MetricWriter(str(workdir), purge_step=latest + 1)
+        writer = cleanup.enter_context(
+            contextlib.closing(metrics_lib.MetricWriter(str(workdir), purge_step=latest + 1))
+        )
         _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))
     _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {mesh.size} device(s).")
