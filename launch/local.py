@@ -7,7 +7,9 @@ Everything after `--` goes to every copy of launch.py, which also gets --coordin
 the others' goes to WORKDIR/process_<i>.log (or a temporary directory without --workdir). If any
 process fails, the rest are stopped and this exits with that process's status, after printing the
 end of its log. --cpu_devices_per_process=K fakes K CPU devices in each process (for trying
-meshes on a laptop); on GPUs leave it unset.
+meshes on a laptop); on GPUs leave it unset. Gloo's `[Gloo] Rank i is connected to ...` lines
+(CPU collectives, printed once per process) are left out of process 0's stream unless
+LLAMA_FDL_VERBOSE=1; the other processes' logs keep them.
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from llama_fdl import console  # noqa: E402
+
 _LAUNCH = pathlib.Path(__file__).resolve().with_name("launch.py")
+GLOO_CHATTER = "[Gloo] "
+"""How Gloo's connection lines start; process 0's stream leaves them out (see the docstring)."""
 
 
 def free_port() -> int:
@@ -47,6 +58,29 @@ def _workdir(launch_args: list[str]) -> pathlib.Path | None:
     return None
 
 
+def _copy_lines(source, sink, drop: str | None) -> None:
+    """Copies a child's stream to ours line by line, leaving out lines that start with `drop`."""
+    for line in source:
+        if drop is None or not line.startswith(drop):
+            sink.write(line)
+            sink.flush()
+
+
+def _start_streamed(
+    command: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen, list[threading.Thread]]:
+    """Process 0, its stdout and stderr copied to ours (without Gloo's chatter unless verbose)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drop = None if console.verbose() else GLOO_CHATTER
+    threads = [
+        threading.Thread(target=_copy_lines, args=(proc.stdout, sys.stdout, drop), daemon=True),
+        threading.Thread(target=_copy_lines, args=(proc.stderr, sys.stderr, drop), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    return proc, threads
+
+
 def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int | None = None) -> int:
     """Starts the processes, waits for all of them; returns 0 or the first failure's status."""
     env = dict(os.environ)
@@ -56,10 +90,11 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
         ).strip()
     log_dir = _workdir(launch_args) or pathlib.Path(tempfile.mkdtemp(prefix="llama_fdl_local_"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs, logs = [], {}
+    procs, logs, copiers = [], {}, []
     for i, command in enumerate(commands(num_processes, free_port(), launch_args)):
         if i == 0:
-            procs.append(subprocess.Popen(command, env=env))
+            proc, copiers = _start_streamed(command, env)
+            procs.append(proc)
         else:
             logs[i] = log_dir / f"process_{i}.log"
             with open(logs[i], "w") as log:
@@ -76,12 +111,16 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
                     p.terminate()
             for p in procs:
                 p.wait()
+            for t in copiers:
+                t.join()  # process 0's last lines come before the verdict
             if index in logs:
                 tail = logs[index].read_text().splitlines()[-20:]
                 print(f"process {index} failed ({status}); end of {logs[index]}:", file=sys.stderr)
                 print("\n".join(tail), file=sys.stderr)
             else:
                 print(f"process {index} failed ({status}).", file=sys.stderr)
+    for t in copiers:
+        t.join()  # process 0 has exited: its last lines are on their way
     if not status:
         status = next((p.returncode for p in procs if p.returncode), 0)
     return status

@@ -73,6 +73,15 @@ def _profile_steps() -> tuple[int, int] | None:
     return first, last
 
 
+def _check_profile_steps(profile: tuple[int, int] | None, num_train_steps: int) -> None:
+    """Steps past the end of the run would never be traced: say so now, not after the run."""
+    if profile is not None and profile[1] > num_train_steps:
+        raise ValueError(
+            f"--profile_steps={profile[0]},{profile[1]} reaches past the run's last step "
+            f"{num_train_steps} (trainer.num_train_steps); trace steps within 1..{num_train_steps}."
+        )
+
+
 def main(argv: list[str], typed: Sequence[str]) -> None:
     """Runs the experiment the flags describe; `typed` is the command line as typed (for labels)."""
     commands.quiet_logs()
@@ -92,6 +101,7 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
         config_code = diff.as_code(applied.base, applied.cfg, base_flag=fdl_flags.base_flag())
         experiment = runner.check(applied.cfg)
+        _check_profile_steps(profile, experiment.trainer.num_train_steps)
         if fdl_flags.COMPILATION_CACHE.value:
             compilation_cache.enable(fdl_flags.COMPILATION_CACHE_DIR.value)
         if _DRY_RUN.value:

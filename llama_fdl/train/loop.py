@@ -257,7 +257,7 @@ def _train(
         _say(f"Nothing to do: {workdir} already reached step {start}.")
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         hparams = {**_hparams(experiment), **options.hparams}
-        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
+        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]}, total_steps)
     writer.close()
     return last_eval
 
