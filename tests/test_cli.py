@@ -66,7 +66,7 @@ BAD_INPUT = {
     "flag typo": (["--fdl_confg=experiments.tiny"], "Unknown command line flag 'fdl_confg'"),
     "no experiment": ([], "Name an experiment: --fdl_config=experiments.NAME"),
     "heads do not divide": ([TINY, "--fdl.model.config.head_dim=12"], "not divisible by head_dim=12"),
-    "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there are 1 devices"),
+    "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there is 1 device;"),
     "sequence too long": ([TINY, "--fdl.data.sequence_length=100000"], "validation tokens"),
 }
 
