@@ -11,6 +11,7 @@ from experiments.fiddlers import fsdp as fsdp
 from experiments.fiddlers import long_context as long_context
 from experiments.fiddlers import no_scan as no_scan
 from experiments.fiddlers import remat as remat
+from experiments.fiddlers import smoke as smoke
 from experiments.llama_1b import llama_1b as llama_1b
 from experiments.llama_7b import llama_7b as llama_7b
 from experiments.medium import medium as medium
@@ -19,5 +20,5 @@ from experiments.tiny import tiny as tiny
 
 EXPERIMENTS = ("base", "small", "tiny", "medium", "llama_1b", "llama_7b")
 """Names of the experiment functions, parents first."""
-FIDDLERS = ("bf16", "doc_masking", "fsdp", "long_context", "no_scan", "remat")
+FIDDLERS = ("bf16", "doc_masking", "fsdp", "long_context", "no_scan", "remat", "smoke")
 """Names of the fiddlers."""
