@@ -32,8 +32,11 @@ from absl import app, flags  # noqa: E402
 
 from llama_fdl import commands  # noqa: E402
 
-WRAPPERS = {f"launch/{name}.py": name for name in commands.COMMANDS}
+WRAPPERS = {f"launch/{name}.py": name for name in commands.COMMANDS} | {"launch/launch.py": "train"}
 """launch/<name>.py -> the command it wraps."""
+IN_PROCESS = ("train", "sweep", "sample")
+"""Commands whose flags can share one process (export's --step would collide with sample's);
+the others run in bash, as a user would run them."""
 
 
 def command_of(argv: list[str] | None) -> tuple[str, list[str]] | None:
@@ -74,7 +77,7 @@ def run_step(step: dict, env: dict[str, str]) -> dict:
     started = time.perf_counter()
     out, err = io.StringIO(), io.StringIO()
     command = command_of(step.get("argv"))
-    if "python" in step:
+    if step.get("python") is not None:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 exec(compile(step["python"], "<README snippet>", "exec"), {"__name__": "__readme__"})
@@ -82,7 +85,7 @@ def run_step(step: dict, env: dict[str, str]) -> dict:
             except Exception:  # the test shows the traceback of a snippet that fails
                 traceback.print_exc()
                 code = 1
-    elif command is not None:
+    elif command is not None and command[0] in IN_PROCESS:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = run_command(*command)
     else:
@@ -93,7 +96,7 @@ def run_step(step: dict, env: dict[str, str]) -> dict:
         "stdout": out.getvalue(),
         "stderr": err.getvalue(),
         "seconds": time.perf_counter() - started,
-        "in_process": command is not None or "python" in step,
+        "in_process": (command is not None and command[0] in IN_PROCESS) or step.get("python") is not None,
     }
 
 

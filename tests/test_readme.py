@@ -113,9 +113,11 @@ def command_step(line: str, env: dict[str, str], where: str) -> Step | None:
     if argv[:1] == ["export"]:
         env.update(dict(a.split("=", 1) for a in argv[1:]))
         return None
+    shell = line  # as written, for bash: operators such as && stay operators
     if trains(argv):
         argv = [*argv, *SHRINK]
-    return Step(where, shell=shlex.join(argv), argv=argv, env={**env, **assigned})
+        shell = shlex.join([f"{k}={v}" for k, v in assigned.items()] + argv)
+    return Step(where, shell=shell, argv=argv, env={**env, **assigned})
 
 
 def plan(text: str) -> tuple[list[Step], list[str]]:
@@ -164,7 +166,9 @@ def workspace(tmp: pathlib.Path) -> pathlib.Path:
         (tmp / name).symlink_to(REPO / name)
     bin_dir = tmp / ".bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    for name in ("python", "python3"):  # a script, not a link: a venv's python finds its packages
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (bin_dir / name).chmod(0o755)
     (bin_dir / "llama-fdl").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m llama_fdl "$@"\n')
     (bin_dir / "llama-fdl").chmod(0o755)
     return bin_dir
@@ -218,6 +222,12 @@ def readme_run(tmp_path_factory):
     )
     for s in skipped:
         print(f"  skipped {s}")
+    timed = sorted(
+        ((r["seconds"], s.where, s.shell or "snippet") for s, r in zip(steps, results, strict=True) if r),
+        reverse=True,
+    )
+    for seconds, where, what in timed[:12]:
+        print(f"  {seconds:5.1f} s  {where}  {what[:110]}")
     return steps, results, noise, cwd
 
 
@@ -281,3 +291,13 @@ def test_the_readme_parser_sees_what_it_must():
     assert steps[1].expect_lines == ["error: Unknown command line flag 'fdl_confg'.", "hello"]
     with pytest.raises(pytest.fail.Exception):
         plan("```text\nan unmarked block\n```\n")
+
+
+def test_every_relative_link_of_the_readme_points_at_a_file():
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert local, "the README links to files of the checkout; the pattern must find them"
+    missing = [t for t in local if not (REPO / t).exists()]
+    assert not missing, missing
+    assert not (REPO / "tpu_pods.md").exists(), "control: a link to it would count as missing"
