@@ -20,6 +20,7 @@ from llama_fdl.cli import ConfigError, flatten, render, typecheck
 from llama_fdl.data import corpus
 from llama_fdl.data.config import DataConfig
 from llama_fdl.train import aot
+from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
 
@@ -126,6 +127,20 @@ def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool
     if candidate != workdir:
         print(f"{workdir} holds a different experiment; starting in {candidate} instead.", flush=True)
     return candidate
+
+
+def finished(cfg: fdl.Buildable, workdir: pathlib.Path) -> int | None:
+    """The last step of a run in `workdir` that holds this very experiment and has a checkpoint at
+    or past its last step; None when there is anything left to do (or another experiment there).
+
+    A finished run's rerun is answered from the directory alone (`config.json` and the names of
+    the checkpoints), in a second or two: no data, no sharding table, no compile.
+    """
+    saved = workdir / "config.json"
+    if not saved.exists() or saved.read_text() != serialization.dump_json(cfg, indent=2):
+        return None
+    steps = ckpt.saved_steps(workdir / "checkpoints")
+    return steps[-1] if steps and steps[-1] >= cfg.trainer.num_train_steps else None
 
 
 def save_config(

@@ -119,3 +119,34 @@ def test_profile_steps_past_the_run_are_refused_in_one_line():
         "--profile_steps=15,30 reaches past the run's last step 20 (trainer.num_train_steps); "
         "trace steps within 1..20."
     )
+
+
+def test_a_finished_run_answers_nothing_to_do_from_its_directory(tmp_path):
+    """The rerun of a finished run loads no data, prints no sharding table and compiles nothing."""
+    import copy
+    import shutil
+
+    from launcher import launch
+
+    from llama_fdl import runner
+
+    cfg = experiments.tiny()
+    experiments.smoke(cfg, steps=2)
+    workdir = tmp_path / "run"
+    runner.run(cfg, workdir)
+    assert runner.finished(cfg, workdir) == 2
+    longer = copy.deepcopy(cfg)
+    longer.trainer.num_train_steps = 3
+    assert runner.finished(longer, workdir) is None  # control: another experiment is not finished
+    layout = (workdir / "sharding.txt").stat().st_mtime_ns
+
+    result = launch("--fdl_config=experiments.tiny", "--fiddler=smoke(steps=2)", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        result.stdout == f"Nothing to do: {workdir} already reached step 2; its evals are in TensorBoard.\n"
+    )
+    assert result.stderr == ""  # and nothing from the libraries either
+    assert (workdir / "sharding.txt").stat().st_mtime_ns == layout
+
+    shutil.move(workdir / "checkpoints" / "2", tmp_path / "2")  # as if killed before its last save
+    assert runner.finished(cfg, workdir) is None  # control: a run short of its end has work to do

@@ -98,6 +98,12 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
         if fdl_flags.FDL_HELP.value:
             print(library.help_text(experiments, applied.cfg))
             return
+        name = runner.experiment_name(fdl_flags.FDL_CONFIG.value, fdl_flags.FDL_CONFIG_FILE.value)
+        workdir = pathlib.Path(fdl_flags.WORKDIR.value or f"runs/{name}")
+        last = None if _DRY_RUN.value else runner.finished(applied.cfg, workdir)
+        if last is not None:  # before the checks: this graph passed them when the run started
+            print(f"Nothing to do: {workdir} already reached step {last}; its evals are in TensorBoard.")
+            return
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
         config_code = diff.as_code(applied.base, applied.cfg, base_flag=fdl_flags.base_flag())
         experiment = runner.check(applied.cfg)
@@ -119,8 +125,6 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
 
         for_people += (loop.NonFiniteLoss,)
         options = loop.RunOptions(profile_steps=profile, peak_flops_per_device=_PEAK_FLOPS.value)
-        name = runner.experiment_name(fdl_flags.FDL_CONFIG.value, fdl_flags.FDL_CONFIG_FILE.value)
-        workdir = pathlib.Path(fdl_flags.WORKDIR.value or f"runs/{name}")
         runner.run(
             applied.cfg,
             workdir,

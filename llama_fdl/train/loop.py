@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from llama_fdl import generate, sharding
+from llama_fdl import console, generate, sharding
 from llama_fdl.data import pipeline
 from llama_fdl.train import aot, flops, init_from
 from llama_fdl.train import checkpoint as ckpt
@@ -100,10 +100,12 @@ def _train(
     total_steps = trainer.num_train_steps
     tx, schedule = experiment.optimizer(total_steps)
     batch_sh = sharding.batch_sharding(mesh, parallel)
+    startup = console.Startup(say=_say)
 
-    train_iter = pipeline.train_iterator(data)
-    local_eval_batches = pipeline.eval_batches(data)
-    eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
+    with startup.phase("Loading the data"):
+        train_iter = pipeline.train_iterator(data)
+        local_eval_batches = pipeline.eval_batches(data)
+        eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
     samples = None
     if trainer.sample_every:
         samples = generate.TrainingSamples(model, data, local_eval_batches[0], trainer.seed)
@@ -113,7 +115,8 @@ def _train(
 
     peak, peak_source = options.peak_flops_per_device, "--peak_flops_per_device"
     if peak is None:
-        peak, peak_source = flops.peak_flops_per_device()
+        with startup.phase("Measuring the peak FLOP/s for MFU"):
+            peak, peak_source = flops.peak_flops_per_device()
     flops_causal = flops.flops_per_token(model.config, data.sequence_length, causal=True)
     flops_full = flops.flops_per_token(model.config, data.sequence_length, causal=False)
 
@@ -122,7 +125,8 @@ def _train(
     shardings = state_lib.state_shardings(boxed, mesh, parallel)
     latest = manager.latest_step()
     if latest is None:
-        state = _first_state(experiment, tx, shardings)
+        with startup.phase("Initialising the parameters"):
+            state = _first_state(experiment, tx, shardings)
         origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
         _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
@@ -130,10 +134,15 @@ def _train(
     else:
         target = state_lib.unboxed_abstract(boxed, shardings)
         ckpt.check_compatible(manager, latest, target)
-        state = ckpt.restore(manager, latest, target, train_iter)
+        with startup.phase(f"Restoring the checkpoint at step {latest}"):
+            state = ckpt.restore(manager, latest, target, train_iter)
         writer.resumed_at(latest)
         _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))
+    profile = options.profile_steps
+    if profile and start >= profile[0]:
+        _say(f"--profile_steps={profile[0]},{profile[1]}: the run resumes past step {profile[0]}; no trace.")
+        options = dataclasses.replace(options, profile_steps=None)
     _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {mesh.size} device(s).")
     layout = sharding.report(mesh, state.params, state.opt_state)
     if jax.process_index() == 0:
@@ -178,6 +187,7 @@ def _train(
             averager.add(values)
         if step == start + 1:
             window_start = time.perf_counter()  # the first step includes compilation
+            startup.first_step_done()
         else:
             window_steps += 1
         if step % trainer.log_every == 0 or step == total_steps:
@@ -214,6 +224,7 @@ def _train(
             if options.profile_steps and done == options.profile_steps[1]:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
+                _say(f"Profiled steps {options.profile_steps[0]}-{done}: {_newest_trace(workdir)}")
             evaluating = done % trainer.eval_every == 0 or done == total_steps
             saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
             sampling = samples is not None and done % trainer.sample_every == 0
@@ -238,10 +249,13 @@ def _train(
     except NonFiniteLoss as e:
         ckpt.wait(manager)
         good = manager.latest_step()
+        last_good = (
+            f"the last good checkpoint is step {good}" if good is not None else "no checkpoint was saved"
+        )
         step, loss, grad_norm = e.args
         raise NonFiniteLoss(
             f"Step {step} gave a non-finite loss or gradient (loss {loss}, gradient norm "
-            f"{grad_norm}); stopped without saving it, so the last good checkpoint is step {good}. "
+            f"{grad_norm}); stopped without saving it, so {last_good}. "
             f"Lower optimizer.peak_learning_rate, or set trainer.skip_nonfinite_steps=True to skip "
             f"such steps."
         ) from None
@@ -271,6 +285,12 @@ def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
     parallel = model.config.parallel
     seq_len = experiment.data.sequence_length
     return state_lib.init_state(model, tx, seq_len, trainer.seed, experiment.mesh, parallel)[0]
+
+
+def _newest_trace(workdir: pathlib.Path) -> pathlib.Path | None:
+    """The trace jax.profiler just wrote: RUN/plugins/profile/<time>/, where TensorBoard looks."""
+    traces = sorted((workdir / "plugins" / "profile").glob("*"), key=lambda p: p.stat().st_mtime)
+    return traces[-1] if traces else None
 
 
 def _say(message: str) -> None:
