@@ -23,6 +23,7 @@ import experiments
 from llama_fdl import (  # distributed defines --num_processes, ...
     commands,
     compilation_cache,
+    console,
     distributed,
     runner,
 )
@@ -121,7 +122,8 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
                 )
             return
         # The loop brings in TensorFlow: import it only once the experiment has passed its checks.
-        from llama_fdl.train import loop
+        with console.Startup().phase("Importing TensorFlow and seqio for the data"):
+            from llama_fdl.train import loop
 
         for_people += (loop.NonFiniteLoss,)
         options = loop.RunOptions(profile_steps=profile, peak_flops_per_device=_PEAK_FLOPS.value)

@@ -12,8 +12,12 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from etils import epath
+
+from llama_fdl import console
+
+with console.quiet_stderr():  # TensorFlow's C++ start-up lines (see llama_fdl/console.py)
+    import tensorflow as tf
 
 
 def _prefix(directory: epath.Path) -> str:

@@ -16,14 +16,19 @@ import zlib
 
 import jax
 import numpy as np
-import seqio
-import tensorflow as tf
 
+from llama_fdl import console
 from llama_fdl.data import corpus
 from llama_fdl.data.config import BYTE_VOCAB_SIZE, DataConfig
 
-# seqio is the data path's only TensorFlow user; keep TF off the accelerators and quiet.
-tf.config.set_visible_devices([], "GPU")
+# TensorFlow's C++ libraries print a start-up banner (and, without a GPU, a cuInit "error") on
+# descriptor 2, which no setting reaches: see llama_fdl/console.py.
+with console.quiet_stderr():
+    import seqio
+    import tensorflow as tf
+
+    # seqio is the data path's only TensorFlow user; keep TF off the accelerators.
+    tf.config.set_visible_devices([], "GPU")
 
 FEATURES = (
     "decoder_input_tokens",
