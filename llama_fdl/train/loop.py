@@ -143,7 +143,8 @@ def _train(
     if profile and start >= profile[0]:
         _say(f"--profile_steps={profile[0]},{profile[1]}: the run resumes past step {profile[0]}; no trace.")
         options = dataclasses.replace(options, profile_steps=None)
-    _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {mesh.size} device(s).")
+    devices = "1 device" if mesh.size == 1 else f"{mesh.size} devices"
+    _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {devices}.")
     layout = sharding.report(mesh, state.params, state.opt_state)
     if jax.process_index() == 0:
         print(layout, flush=True)
