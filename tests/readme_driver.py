@@ -3,11 +3,12 @@
     python tests/readme_driver.py STEPS.json RESULTS.json      (cwd: the README's working directory)
 
 Each step is a shell command (`{"shell": "...", "argv": [...] or null}`) or a Python snippet
-(`{"python": "..."}`). A command that runs a `llama-fdl` command (`llama-fdl train ...`,
-`python launch/launch.py ...`, `python -m llama_fdl ...`) runs here, in-process, as
-`llama_fdl.commands.run` would run it minus its huge-page re-exec: the imports and the JIT are
-paid once per process instead of once per command, which is what keeps the README test within
-the test command's budget. Anything else runs in bash. A snippet runs with `exec` in a namespace
+(`{"python": "..."}`). A command that runs the `train`, `sweep` or `sample` command
+(`llama-fdl train ...`, `python launch/launch.py ...`, `python -m llama_fdl sweep ...`) runs here,
+in-process, as `llama_fdl.commands.run` would run it minus its huge-page re-exec: the imports
+and the JIT are paid once per process instead of once per command, which is what keeps the
+README test within the test command's budget. Anything else (export, whose --step flag collides
+with sample's, shell commands, `python -c`) runs in bash. A snippet runs with `exec` in a namespace
 of its own. Each step's exit status, stdout and stderr go to RESULTS.json.
 
 jax fixes its device count when it starts, so the test starts one driver per XLA_FLAGS value.
