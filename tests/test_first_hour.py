@@ -150,3 +150,20 @@ def test_a_finished_run_answers_nothing_to_do_from_its_directory(tmp_path):
 
     shutil.move(workdir / "checkpoints" / "2", tmp_path / "2")  # as if killed before its last save
     assert runner.finished(cfg, workdir) is None  # control: a run short of its end has work to do
+
+
+def test_local_launcher_leaves_gloos_connection_lines_out_of_process_0s_stream():
+    import importlib.util
+    import io
+
+    from launcher import REPO
+
+    spec = importlib.util.spec_from_file_location("local_launcher", REPO / "launch" / "local.py")
+    local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local)
+    child = "Starting runs/tiny2 from scratch.\n[Gloo] Rank 0 is connected to 1 peer ranks. ...\nstep 5/20\n"
+    quiet, loud = io.StringIO(), io.StringIO()
+    local._copy_lines(io.StringIO(child), quiet, drop=local.GLOO_CHATTER)
+    local._copy_lines(io.StringIO(child), loud, drop=None)  # control: what LLAMA_FDL_VERBOSE=1 shows
+    assert quiet.getvalue() == "Starting runs/tiny2 from scratch.\nstep 5/20\n"
+    assert loud.getvalue() == child
