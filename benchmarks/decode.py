@@ -32,7 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
-from llama_fdl.model import LlamaConfig, LlamaTransformer, export_hf  # noqa: E402
+from llama_fdl.model import LlamaConfig, LlamaTransformer  # noqa: E402
+from llama_fdl.model.hf import export_hf  # noqa: E402
 from llama_fdl.model.sampling import Sampler, SamplingOptions  # noqa: E402
 
 

@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 from benchmarks import shapes as shapes_lib  # noqa: E402
 from llama_fdl import optim, sharding  # noqa: E402
 from llama_fdl.model import LlamaConfig, LlamaTransformer, num_params  # noqa: E402
-from llama_fdl.train import aot, flops  # noqa: E402
+from llama_fdl.train import aot, flops, preemption  # noqa: E402
 from llama_fdl.train import state as state_lib  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "llama_1b.txt"
@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     shape = dataclasses.replace(shapes_lib.TOY, vocab_size=config.vocab_size, batch_size=batch_size)
     shape = dataclasses.replace(shape, sequence_length=seq_len)
     batch = jax.device_put(shapes_lib.synthetic_batch(shape), sharding.batch_sharding(mesh, config.parallel))
-    state, metrics = compiled.step(state, batch)  # warm-up
+    no_stop = preemption.StopRequest().flags(preemption.flag_sharding(mesh))  # as the loop passes them
+    state, metrics = compiled.step(state, batch, no_stop)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(args.steps):
-        state, metrics = compiled.step(state, batch)
+        state, metrics = compiled.step(state, batch, no_stop)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / args.steps
     tokens_per_s = batch_size * seq_len / step_s

@@ -1,6 +1,6 @@
 """The train step of llama_fdl against HF transformers' LlamaForCausalLM with torch's AdamW.
 
-Both sides train the same model (HF's config comes from `llama_fdl.model.hf_config_from_llama`)
+Both sides train the same model (HF's config comes from `llama_fdl.model.hf.hf_config_from_llama`)
 on the same batch in the same dtype, and one step is the same work on both: forward, backward,
 global-norm clipping at 1.0, an AdamW update (lr 3e-3, betas 0.9/0.95, eps 1e-8, weight decay
 0.1), waiting until it is done. llama_fdl's step is the train loop's own (`jit_train_step` with
@@ -29,7 +29,7 @@ import jax
 from benchmarks import shapes as shapes_lib
 from llama_fdl import optim, sharding
 from llama_fdl.model import LlamaTransformer
-from llama_fdl.train import flops
+from llama_fdl.train import flops, preemption
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.step import jit_train_step
 
@@ -67,9 +67,10 @@ def llama_fdl_step(shape: shapes_lib.Shape, dtype: str = "float32") -> tuple[Cal
     step = jit_train_step(model, tx, schedule, mesh, shardings)
     batch = jax.device_put(shapes_lib.synthetic_batch(shape), sharding.batch_sharding(mesh, config.parallel))
     holder = [state]
+    no_stop = preemption.StopRequest().flags(preemption.flag_sharding(mesh))  # as the loop passes them
 
     def run() -> None:
-        holder[0], metrics = step(holder[0], batch)
+        holder[0], metrics = step(holder[0], batch, no_stop)
         jax.block_until_ready((holder[0], metrics))
 
     start = time.perf_counter()
@@ -82,7 +83,7 @@ def hf_step(shape: shapes_lib.Shape, dtype: str = "float32") -> Callable[[], Non
     import torch
     import transformers
 
-    from llama_fdl.model import hf_config_from_llama
+    from llama_fdl.model.hf import hf_config_from_llama
 
     # As many threads as this process may run on, as XLA's pool has (see `taskset -c 1` in
     # docs/PERFORMANCE.md for the one-core comparison).

@@ -45,10 +45,20 @@ def long_context(cfg: fdl.Config, sequence_length: int = 1024) -> None:
     """Train on `sequence_length`-token sequences, keeping the tokens per batch (fewer, longer rows).
 
     The eval set keeps its size in tokens too, so its loss stays comparable with the parent's.
+    A length that does not divide the tokens per batch (or exceeds them) would change them, so it
+    is refused, naming the lengths that work.
     """
     data = cfg.data
     tokens_per_batch = data.batch_size * data.sequence_length
-    data.batch_size = max(1, tokens_per_batch // sequence_length)
+    if sequence_length < 1 or tokens_per_batch % sequence_length:
+        longer = range(data.sequence_length + 1, tokens_per_batch + 1)
+        fits = ", ".join([str(n) for n in longer if tokens_per_batch % n == 0][:6]) or "none is longer"
+        raise ValueError(
+            f"long_context({sequence_length}) cannot keep the {tokens_per_batch:,} tokens per batch "
+            f"({data.batch_size} x {data.sequence_length}); pick a sequence_length that divides "
+            f"them: {fits}."
+        )
+    data.batch_size = tokens_per_batch // sequence_length
     data.sequence_length = sequence_length
 
 

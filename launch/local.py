@@ -4,9 +4,10 @@
 
 Everything after `--` goes to every copy of launch.py, which also gets --coordinator_address
 (127.0.0.1 and a free port), --num_processes and --process_id. Process 0's output streams here;
-the others' goes to WORKDIR/process_<i>.log (or a temporary directory without --workdir). If any
-process fails, the rest are stopped and this exits with that process's status, after printing the
-end of its log. --cpu_devices_per_process=K fakes K CPU devices in each process (for trying
+the others' goes to process_<i>.log in a temporary directory (printed at the start), moved into
+WORKDIR when the run has one at the end, so a launch the run refuses leaves nothing in WORKDIR.
+If any process fails, the rest are stopped and this exits with that process's status, after
+printing the end of its log. --cpu_devices_per_process=K fakes K CPU devices in each process (for trying
 meshes on a laptop); on GPUs leave it unset. Gloo's `[Gloo] Rank i is connected to ...` lines
 (CPU collectives, printed once per process) are left out of process 0's stream unless
 LLAMA_FDL_VERBOSE=1; the other processes' logs keep them.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,13 +26,14 @@ import tempfile
 import threading
 import time
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_LAUNCH = pathlib.Path(__file__).resolve().with_name("launch.py")
+_REPO = _LAUNCH.parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from llama_fdl import console  # noqa: E402
+from llama_fdl import console  # noqa: E402  (stdlib only, as run_lock)
+from llama_fdl.run_lock import LOCK_NAME  # noqa: E402  (stdlib only: keeps this launcher light)
 
-_LAUNCH = pathlib.Path(__file__).resolve().with_name("launch.py")
 GLOO_CHATTER = "[Gloo] "
 """How Gloo's connection lines start; process 0's stream leaves them out (see the docstring)."""
 
@@ -88,8 +91,7 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
         env["XLA_FLAGS"] = (
             env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cpu_devices_per_process}"
         ).strip()
-    log_dir = _workdir(launch_args) or pathlib.Path(tempfile.mkdtemp(prefix="llama_fdl_local_"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="llama_fdl_local_"))
     procs, logs, copiers = [], {}, []
     for i, command in enumerate(commands(num_processes, free_port(), launch_args)):
         if i == 0:
@@ -99,6 +101,32 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
             logs[i] = log_dir / f"process_{i}.log"
             with open(logs[i], "w") as log:
                 procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    if logs:
+        print(f"output of processes 1..{num_processes - 1}: {log_dir}/process_<i>.log", flush=True)
+    status = _wait(procs, logs)
+    for t in copiers:
+        t.join()  # process 0 has exited: its last lines are on their way
+    _keep_logs(logs, _workdir(launch_args))
+    return status
+
+
+def _keep_logs(logs: dict[int, pathlib.Path], workdir: pathlib.Path | None) -> None:
+    """Moves the logs into the run directory if the run made one and no other run holds it now."""
+    if (
+        not logs
+        or workdir is None
+        or not (workdir / "config.json").exists()
+        or (workdir / LOCK_NAME).exists()
+    ):
+        return
+    for path in logs.values():
+        shutil.move(path, workdir / path.name)
+    shutil.rmtree(next(iter(logs.values())).parent, ignore_errors=True)
+    print(f"output of processes 1..{len(logs)}: {workdir}/process_<i>.log", flush=True)
+
+
+def _wait(procs: list[subprocess.Popen], logs: dict[int, pathlib.Path]) -> int:
+    """Waits for every process; returns 0 or the first failure's status, stopping the rest."""
     status = 0
     while any(p.poll() is None for p in procs) and not status:
         time.sleep(0.2)
@@ -111,16 +139,12 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
                     p.terminate()
             for p in procs:
                 p.wait()
-            for t in copiers:
-                t.join()  # process 0's last lines come before the verdict
             if index in logs:
                 tail = logs[index].read_text().splitlines()[-20:]
                 print(f"process {index} failed ({status}); end of {logs[index]}:", file=sys.stderr)
                 print("\n".join(tail), file=sys.stderr)
             else:
                 print(f"process {index} failed ({status}).", file=sys.stderr)
-    for t in copiers:
-        t.join()  # process 0 has exited: its last lines are on their way
     if not status:
         status = next((p.returncode for p in procs if p.returncode), 0)
     return status

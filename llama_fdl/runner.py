@@ -7,22 +7,26 @@ loaded or anything compiled, so a bad config leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
 from typing import TYPE_CHECKING
 
 import fiddle as fdl
 import jax
+import numpy as np
 from fiddle.experimental import serialization
+from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from llama_fdl import saved_run
-from llama_fdl.cli import ConfigError, flatten, render, typecheck
-from llama_fdl.data import corpus
-from llama_fdl.data.config import DataConfig
+from llama_fdl.cli import ConfigError, diff, flatten, identity, render, safe_load, typecheck
+from llama_fdl.run_lock import RunDirectoryBusy, RunLock
 from llama_fdl.train import aot
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
+from llama_fdl.train.preemption import StopRequest
 
 if TYPE_CHECKING:
     from llama_fdl.train import loop
@@ -51,49 +55,24 @@ def check(cfg: fdl.Buildable) -> Experiment:
     """Builds the graph and runs every check that needs no data and no compile; returns the build.
 
     In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
-    the mesh against the devices, ...); cross-part checks (Experiment.validate); trainer.init_from's
-    source against the model's architecture; the optimizer's schedule against the run length; the
-    evaluation set against the validation split's size; and the model initialised by shape (a
-    trace, not a compile), which catches what only the model code knows, such as an attention
-    backend this platform lacks.
+    the mesh against the devices, ...); the model config against this platform (cuDNN needs a
+    GPU); cross-part checks (Experiment.validate); trainer.init_from's source against the model's
+    architecture; the optimizer's schedule against the run length; the evaluation set against the
+    validation split's size; and the model initialised by shape (a trace, not a compile), which
+    catches what only the model code knows.
     """
     typecheck.check_graph(cfg)
     experiment = fdl.build(cfg)
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"The graph builds a {type(experiment).__name__}, not an Experiment.")
+    experiment.model.config.check_platform(jax.default_backend())
     experiment.validate()
     if experiment.trainer.init_from:
         saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
-    _check_eval_fits(experiment.data)
+    experiment.data.check_eval_fits()
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
     return experiment
-
-
-def _check_eval_fits(data: DataConfig) -> None:
-    """The fixed eval batches must fit in the validation split; counted from file sizes, no TF.
-
-    A packed sequence holds at most sequence_length tokens, and the split holds one token per byte
-    plus one EOS per chunk, so this bound is necessary; packing loses a little more, which
-    `pipeline.eval_batches` still catches exactly once the data is loaded.
-    """
-    files = corpus.list_files(data.root, "validation")
-    chunk = data.sequence_length - 1
-    available = sum(size + -(-size // chunk) for size in (f.stat().st_size for f in files))
-    per_batch = data.batch_size * data.sequence_length
-    needed = data.num_eval_batches * per_batch
-    if needed > available:
-        fits = available // per_batch
-        fix = (
-            f"lower data.num_eval_batches to at most {fits}"
-            if fits
-            else "lower data.sequence_length or data.batch_size"
-        )
-        raise ConfigError(
-            f"data.num_eval_batches={data.num_eval_batches} batches of {data.batch_size}x"
-            f"{data.sequence_length} tokens need {needed:,} validation tokens, but the validation "
-            f"split of {data.root} has at most {available:,}; {fix}."
-        )
 
 
 def dry_run(experiment: Experiment) -> aot.DryRunReport:
@@ -112,21 +91,115 @@ def dry_run(experiment: Experiment) -> aot.DryRunReport:
     )
 
 
-def claim_workdir(workdir: pathlib.Path, config_json: str, start_elsewhere: bool) -> pathlib.Path:
-    """`workdir` if it is new or holds this experiment; if it holds another one, refuse, or with
-    `start_elsewhere` take the first free `WORKDIR-2`, `WORKDIR-3`, ..."""
+@dataclasses.dataclass
+class Claim:
+    """A run directory this launch may use: locked (by process 0), new or holding this experiment."""
+
+    workdir: pathlib.Path
+    lock: RunLock | None
+    """Held by process 0; None on the other processes."""
+    created: bool
+    """Whether this launch made the directory (it is removed again if it stays empty)."""
+    layout_changes: list[diff.Change]
+    """How the saved experiment's layout differs from this one's (empty when it does not)."""
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            if self.created and not any(self.workdir.iterdir()):
+                self.workdir.rmdir()
+
+
+def claim_workdir(
+    workdir: pathlib.Path, cfg: fdl.Buildable, config_json: str, start_elsewhere: bool
+) -> Claim:
+    """Locks `workdir` if it is new or holds this experiment, perhaps with another layout (see
+    llama_fdl.cli.identity); if it holds another experiment, refuses, or with `start_elsewhere`
+    takes the first free `WORKDIR-2`, `WORKDIR-3`, ... Refuses a directory another live launch
+    holds, naming it."""
     candidate, n = workdir, 1
-    while (candidate / "config.json").exists() and (candidate / "config.json").read_text() != config_json:
+    while True:
+        claim = _lock(candidate)
+        try:
+            layout = layout_changes(candidate / "config.json", cfg, config_json)
+        except BaseException:
+            claim.release()
+            raise
+        if layout is not None:
+            break
+        claim.release()
         if not start_elsewhere:
             raise RunError(
-                f"{workdir} holds a run of a different experiment (its config.json differs); pass "
-                f"--workdir=NEW_DIR, or --start_elsewhere to use the next free {workdir.name}-N."
+                f"{workdir} holds a run of a different experiment (its config.json differs in "
+                f"more than the layout); pass --workdir=NEW_DIR, or --start_elsewhere to use the "
+                f"next free {workdir.name}-N."
             )
         n += 1
         candidate = workdir.with_name(f"{workdir.name}-{n}")
     if candidate != workdir:
-        print(f"{workdir} holds a different experiment; starting in {candidate} instead.", flush=True)
-    return candidate
+        _say(f"{workdir} holds a different experiment; starting in {candidate} instead.")
+    claim.layout_changes = layout
+    if layout:
+        changes = identity.describe(layout)
+        _say(f"{candidate} holds this experiment with another layout; resuming it with {changes}.")
+    return claim
+
+
+def _lock(workdir: pathlib.Path) -> Claim:
+    """Process 0 takes the directory's lock; every process learns whether it got it."""
+    lock, created, error = None, False, None
+    if jax.process_index() == 0:
+        try:
+            created = not workdir.exists()
+            workdir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(workdir)
+            previous = lock.acquire()
+        except RunDirectoryBusy as e:
+            error = RunError(str(e))
+        except OSError as e:
+            error = RunError(
+                f"Cannot write the run directory {workdir}: {e.strerror}; choose another --workdir."
+            )
+        else:
+            if previous is not None:
+                _say(f"Took over {lock.path} from {previous}, which ended without releasing it.")
+    if jax.process_count() > 1:
+        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok and error is None:
+            error = RunError(f"Process 0 could not claim the run directory {workdir}; its error says why.")
+    if error is not None:
+        raise error
+    return Claim(workdir, lock, created, [])
+
+
+def layout_changes(
+    saved_path: pathlib.Path, cfg: fdl.Buildable, config_json: str
+) -> list[diff.Change] | None:
+    """[] if there is no saved experiment or it is this one; its layout changes if only the layout
+    differs; None if it is another experiment."""
+    if not saved_path.exists() or saved_path.read_text() == config_json:
+        return []
+    try:
+        saved = safe_load.load(saved_path)
+    except ConfigError:
+        return None  # a file this code cannot load is not this experiment
+    what, layout = identity.split_changes(saved, cfg)
+    return None if what else layout
+
+
+def _check_checkpoints(experiment: Experiment, workdir: pathlib.Path) -> None:
+    """Refuses checkpoints of another model before anything is written (config.json may be gone)."""
+    directory = workdir / "checkpoints"
+    if directory.is_dir():
+        tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
+        data, seed = experiment.data, experiment.trainer.seed
+        boxed = state_lib.abstract_state(experiment.model, tx, data.sequence_length, seed)
+        ckpt.check_compatible(directory, nn.meta.unbox(boxed))
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def finished(cfg: fdl.Buildable, workdir: pathlib.Path) -> int | None:
@@ -150,11 +223,13 @@ def save_config(
     config_text: str,
     config_diff: str,
     config_code: str | None = None,
+    layout_changed: bool = False,
 ) -> None:
     """Writes the run's experiment files into a run directory that is new or holds this experiment.
 
-    config.txt is rewritten on every start; config_diff.txt, config_diff.py and config.svg only
-    when the run directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
+    config.txt is rewritten on every start, and config.json when the layout changed (it is the
+    graph the run now continues with); config_diff.txt, config_diff.py and config.svg only when
+    the run directory is new, so resuming (perhaps from --fdl_config_file=RUN/config.json, which changes
     nothing against itself) keeps the diff of the command that started the run.
     """
     path = workdir / "config.json"
@@ -172,6 +247,8 @@ def save_config(
             else:
                 _write_atomically(workdir / "config.svg", picture)
             _write_atomically(path, config_json)  # last: its presence means the set is complete
+        elif layout_changed:
+            _write_atomically(path, config_json)
         _write_atomically(workdir / "config.txt", config_text + "\n")
     except OSError as e:
         raise RunError(
@@ -194,6 +271,7 @@ def run(
     config_diff: str = "(no base experiment given)",
     config_code: str | None = None,
     experiment: Experiment | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, float]:
     """Checks the graph, saves it in the run directory, builds it and trains; returns the final eval.
 
@@ -206,14 +284,27 @@ def run(
         saved as config_diff.txt and shown in TensorBoard's text tab.
       config_code: the same as a fiddler (llama_fdl.cli.diff.as_code), saved as config_diff.py.
       experiment: `check(cfg)`, when the caller has already run it.
+      stop: where the launcher records SIGTERM/SIGINT (see llama_fdl.train.loop.train).
     """
     experiment = experiment if experiment is not None else check(cfg)
     config_text = flatten.as_text(cfg)
     config_json = serialization.dump_json(cfg, indent=2)
-    workdir = claim_workdir(workdir, config_json, start_elsewhere)
-    save_config(cfg, workdir, config_json, config_text, config_diff, config_code)
-    # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
-    from llama_fdl.train import loop
+    claim = claim_workdir(workdir, cfg, config_json, start_elsewhere)
+    try:
+        _check_checkpoints(experiment, claim.workdir)
+        save_config(
+            cfg,
+            claim.workdir,
+            config_json,
+            config_text,
+            config_diff,
+            config_code,
+            layout_changed=bool(claim.layout_changes),
+        )
+        # Imported here: the loop pulls in TensorFlow (seqio), seconds that a bad config never pays.
+        from llama_fdl.train import loop
 
-    texts = {"config": config_text, "config_diff": config_diff}
-    return loop.train(experiment, workdir, config_json, texts, options)
+        texts = {"config": config_text, "config_diff": config_diff}
+        return loop.train(experiment, claim.workdir, config_json, texts, options, stop)
+    finally:
+        claim.release()

@@ -38,6 +38,7 @@ from llama_fdl.train.config import Experiment
 
 if TYPE_CHECKING:
     from llama_fdl.train import loop
+    from llama_fdl.train.preemption import StopRequest
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 RESULT = "result.json"
@@ -183,13 +184,18 @@ def _add_hparams(planned: list[Planned]) -> None:
 
 
 def check_workdirs(planned: Sequence[Planned], workdir: pathlib.Path) -> None:
-    """Refuses, before anything runs, a point directory that holds a different experiment."""
+    """Refuses, before anything runs, a point directory that holds a different experiment.
+
+    A point saved with another layout only (mesh sizes, remat, microbatches) is the same
+    experiment: it resumes in place, as a single run does (llama_fdl.cli.identity).
+    """
     for p in planned:
         saved = workdir / p.point.name / "config.json"
-        if saved.exists() and saved.read_text() != p.config_json:
+        if runner.layout_changes(saved, p.cfg, p.config_json) is None:
             raise runner.RunError(
                 f"{saved.parent} holds a different experiment than sweep point {p.point.name} (its "
-                "config.json differs, perhaps from other command-line values); pass another --workdir."
+                "config.json differs in more than the layout, perhaps from other command-line "
+                "values); pass another --workdir."
             )
 
 
@@ -197,18 +203,25 @@ def finished(p: Planned, workdir: pathlib.Path) -> Result | None:
     """The saved result of a point that trained to its end in `workdir`, else None."""
     run_dir = workdir / p.point.name
     result, saved = run_dir / RESULT, run_dir / "config.json"
-    if not (result.exists() and saved.exists() and saved.read_text() == p.config_json):
+    if not (result.exists() and saved.exists()):
+        return None
+    if runner.layout_changes(saved, p.cfg, p.config_json) is None:
         return None
     return Result(**json.loads(result.read_text()))
 
 
-def run_point(p: Planned, workdir: pathlib.Path, options: loop.RunOptions) -> Result | None:
+def run_point(
+    p: Planned, workdir: pathlib.Path, options: loop.RunOptions, stop: StopRequest | None = None
+) -> Result | None:
     """Trains (or resumes) one point in this process; returns its result, or None if it stopped early.
+
+    Like any run, the point locks its directory while it trains (llama_fdl.runner.claim_workdir).
 
     Args:
       p: the planned point.
       workdir: the sweep's directory; the point runs in WORKDIR/<point>.
       options: the loop's RunOptions; the point's HParams columns are added to them.
+      stop: where the command records SIGTERM/SIGINT for the whole sweep (see llama_fdl.train.loop).
     """
     run_dir = workdir / p.point.name
     resumed = last_checkpoint(run_dir)
@@ -221,6 +234,7 @@ def run_point(p: Planned, workdir: pathlib.Path, options: loop.RunOptions) -> Re
         config_diff=p.config_diff,
         config_code=p.config_code,
         experiment=p.experiment,
+        stop=stop,
     )
     wall = time.perf_counter() - start
     if "eval/loss" not in final or last_checkpoint(run_dir) != p.experiment.trainer.num_train_steps:

@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, timeout: int = 300) -> dict:
+def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, timeout: int = 900) -> dict:
     """Runs `script` in a fresh interpreter that sees `devices` CPU devices; returns its JSON.
 
     jax fixes the device count when it starts, so checks that need several devices run in a child

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,8 +13,33 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, str(REPO / "launch" / "launch.py")]
 
 
-def launch(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def launch(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The launcher to the end; `env` adds variables (e.g. XLA_FLAGS for more CPU devices)."""
+    return subprocess.run(
+        [*LAUNCH, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def run_here(workdir: pathlib.Path, **settings) -> dict[str, float]:
+    """experiments.tiny with `settings` (dotted path -> value) run by `llama_fdl.runner.run` in this
+    process: what the launcher runs, without a new process's start-up (JAX, TensorFlow, seqio:
+    most of a tiny launch's time), for tests whose point is not the process boundary. Returns
+    the final eval metrics; errors propagate as the launcher would catch them."""
+    import functools
+
+    import experiments
+    from llama_fdl import runner
+
+    cfg = experiments.tiny()
+    for path, value in settings.items():
+        *parents, leaf = path.split(".")
+        setattr(functools.reduce(getattr, parents, cfg), leaf, value)
+    return runner.run(cfg, workdir)
 
 
 def start(*args: str) -> subprocess.Popen:

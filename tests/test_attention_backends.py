@@ -220,13 +220,16 @@ def test_pallas_model_equals_xla_model():
 # ----------------------------------------------------------------------------- cudnn
 
 
-@pytest.mark.skipif(ON_GPU, reason="checks the message shown where there is no GPU")
-def test_cudnn_off_gpu_fails_with_a_clear_message():
+def test_cudnn_is_checked_against_the_platform_with_the_config():
+    """Once per launch, at config-check time (runner.check calls it), not in every forward pass."""
     config = tiny(attention_backend="cudnn", dtype="bfloat16")
-    with pytest.raises(
-        ValueError, match=r"attention_backend='cudnn' needs a GPU.*use attention_backend='xla' or"
-    ):
-        LlamaTransformer(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    for platform in ("cpu", "tpu"):
+        with pytest.raises(ValueError, match=rf"needs a GPU, but JAX runs on '{platform}'; use attention_"):
+            config.check_platform(platform)
+    config.check_platform("gpu")  # control: a GPU and a 16-bit dtype pass
+    with pytest.raises(ValueError, match="supports dtype bfloat16 or float16, not float32"):
+        tiny(attention_backend="cudnn").check_platform("gpu")
+    tiny().check_platform("cpu")  # control: xla runs anywhere
 
 
 # ----------------------------------------------------------------------------- GPU only
@@ -273,7 +276,7 @@ def test_grouped_query_attention_on_gpu_equals_repeated_heads(backend):
 
 
 @pytest.mark.gpu
-def test_cudnn_model_runs_and_refuses_float32_on_gpu():
+def test_cudnn_model_runs_on_gpu():
     idx = jax.random.randint(jax.random.PRNGKey(0), (2, 64), 0, 64)
     segment_ids = two_documents(2, 64, 20)
     xla_config = tiny(dtype="bfloat16", mask_across_document_boundaries=True)
@@ -283,5 +286,3 @@ def test_cudnn_model_runs_and_refuses_float32_on_gpu():
     out = jax.jit(lambda s: apply(segment_ids=s))(segment_ids)
     reference_out = LlamaTransformer(xla_config).apply({"params": params}, idx, segment_ids=segment_ids)
     assert_close(out, reference_out, 2 * GPU_BF16_TOL)  # two bf16 blocks deep
-    with pytest.raises(ValueError, match="supports dtype bfloat16 or float16, not float32"):
-        LlamaTransformer(tiny(attention_backend="cudnn")).init(jax.random.PRNGKey(0), idx)

@@ -60,8 +60,13 @@ def _module_files() -> dict[str, pathlib.Path]:
     return modules
 
 
-def _imports(path: pathlib.Path) -> set[str]:
-    """Every module name a file imports, at top level or inside functions."""
+def _imports(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
+    """Every module name a file imports, at top level or inside functions.
+
+    `from package import module` depends on that module, not on the package's __init__ (which
+    would make a package that imports its own modules depend on itself); `from module import
+    name` depends on the module.
+    """
     names = set()
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
     for node in ast.walk(ast.parse(path.read_text())):
@@ -73,8 +78,10 @@ def _imports(path: pathlib.Path) -> set[str]:
                 base = ".".join(
                     package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
                 ).strip(".")
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)
+            submodules = [f"{base}.{a.name}" for a in node.names]
+            names.update(m for m in submodules if m in modules)
+            if any(m not in modules for m in submodules):
+                names.add(base)
     return names
 
 
@@ -83,7 +90,7 @@ def expected_targets() -> dict[str, dict]:
     targets = {}
     for path in sorted(set(modules.values())):
         deps, unknown = set(), set()
-        for name in _imports(path):
+        for name in _imports(path, modules):
             if name in modules:
                 if modules[name] != path:
                     deps.add(":" + _target(modules[name]))
@@ -166,6 +173,66 @@ def test_the_check_notices_a_missing_dep():
     broken[name]["deps"] = broken[name]["deps"][1:]
     assert broken != expected
     assert parse_build(render(expected)) == expected
+
+
+def find_cycle(targets: dict[str, dict]) -> list[str] | None:
+    """A dependency cycle among `targets` as [a, b, ..., a], or None (Bazel refuses cycles)."""
+    state: dict[str, str] = {}  # name -> "open" while on the path, "done" after
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for dep in targets[name]["deps"]:
+            dep = dep.removeprefix(":")
+            if dep not in targets:
+                continue  # a requirement("...")
+            if state.get(dep) == "open":
+                return path[path.index(dep) :] + [dep]
+            if dep not in state and (cycle := visit(dep, path + [dep])):
+                return cycle
+        state[name] = "done"
+        return None
+
+    for name in sorted(targets):
+        if name not in state and (cycle := visit(name, [name])):
+            return cycle
+    return None
+
+
+def transitive_deps(targets: dict[str, dict], name: str) -> set[str]:
+    """Every target and requirement `name` depends on, directly or through other targets."""
+    seen, todo = set(), [name]
+    while todo:
+        for dep in targets[todo.pop()]["deps"]:
+            if dep not in seen:
+                seen.add(dep)
+                if dep.removeprefix(":") in targets:
+                    todo.append(dep.removeprefix(":"))
+    return seen
+
+
+def test_build_has_no_dependency_cycles():
+    targets = parse_build((REPO / "BUILD").read_text())
+    assert find_cycle(targets) is None, f"BUILD has a dependency cycle: {' -> '.join(find_cycle(targets))}"
+    # Control: a dependency back from a library to a package that imports it is found.
+    looped = parse_build((REPO / "BUILD").read_text())
+    looped["llama_fdl/model/config"]["deps"].append(":llama_fdl/model")
+    assert find_cycle(looped) is not None
+
+
+HEAVY_OPTIONAL = ('requirement("torch")', 'requirement("transformers")')
+"""Only HF interop needs these (gigabytes); the model and the compiled train step must not carry
+them. (The loop and the runner do, in BUILD: trainer.init_from=hf:DIR reads an HF checkpoint
+through llama_fdl.model.hf, imported inside the function that does it, so a run that does not
+start from HF weights never imports torch.)"""
+
+
+def test_torch_stays_out_of_the_model_and_the_train_step():
+    targets = parse_build((REPO / "BUILD").read_text())
+    for name in ("llama_fdl/model", "llama_fdl/train/step", "llama_fdl/train/aot", "launch/launch"):
+        carried = set(HEAVY_OPTIONAL) & transitive_deps(targets, name)
+        assert not carried, f":{name} depends on {sorted(carried)}; import HF interop from llama_fdl.model.hf"
+    # Control: the HF interop target itself does carry torch, so the check above can see it.
+    assert set(HEAVY_OPTIONAL) <= transitive_deps(targets, "llama_fdl/model/hf")
 
 
 if __name__ == "__main__":

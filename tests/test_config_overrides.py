@@ -160,3 +160,43 @@ def test_a_shared_node_is_listed_once_and_its_change_shows_once():
     assert [c.path for c in diff.changes(applied.base, applied.cfg)] == [
         "model.config.parallel.data_axis_size"
     ]
+
+
+# Three overrides of one setting, one of each kind, each giving model.config.dtype its own value.
+_ONE_OF_EACH = {"fiddler": "bf16", "tag": "DType=float16", "set": "model.config.dtype='float32'"}
+_VALUE_OF = {"fiddler": "bfloat16", "tag": "float16", "set": "float32"}
+_PAIRS = [("fiddler", "tag"), ("fiddler", "set"), ("tag", "set")]
+
+
+def _order_is_kept(first: str, second: str) -> bool:
+    """Whether `second` (documented as applied later) wins, whichever of the two is given first."""
+    return all(
+        _apply(*((kind, _ONE_OF_EACH[kind]) for kind in given)).cfg.model.config.dtype == _VALUE_OF[second]
+        for given in ((first, second), (second, first))
+    )
+
+
+@pytest.mark.parametrize("first, second", _PAIRS)
+def test_each_kind_wins_over_the_kinds_documented_before_it_whatever_the_order_given(first, second):
+    assert _order_is_kept(first, second)
+
+
+@pytest.mark.parametrize("swapped", _PAIRS)
+def test_control_swapping_any_two_kinds_in_the_order_is_noticed(monkeypatch, swapped):
+    a, b = swapped
+    order = dict(overrides._ORDER)
+    order[a], order[b] = order[b], order[a]
+    monkeypatch.setattr(overrides, "_ORDER", order)
+    assert not _order_is_kept(a, b)
+
+
+def test_long_context_keeps_the_tokens_per_batch_or_refuses():
+    cfg = _apply(("fiddler", "long_context(256)")).cfg  # tiny: 8 x 64 = 512 tokens
+    assert (cfg.data.batch_size, cfg.data.sequence_length) == (2, 256)
+    for length in (1024, 100):  # longer than a batch, and not a divisor of it
+        with pytest.raises(ConfigError) as e:
+            _apply(("fiddler", f"long_context({length})"))
+        assert str(e.value) == (
+            f"<fiddler long_context({length})>: long_context({length}) cannot keep the 512 tokens "
+            "per batch (8 x 64); pick a sequence_length that divides them: 128, 256, 512."
+        )

@@ -136,6 +136,15 @@ def test_iterator_checkpoint_resumes_exactly(tmp_path):
     assert not np.array_equal(next(pipeline.train_iterator(config))["decoder_target_tokens"].numpy(), got[0])
 
 
+def test_the_eval_set_is_checked_against_the_validation_split_before_any_data_loads(tmp_path):
+    _write_corpus(tmp_path)
+    config = DataConfig(sequence_length=64, batch_size=4, num_eval_batches=1000, corpus_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"need 256,000 validation tokens, .* lower data.num_eval_batches"):
+        config.check_eval_fits()
+    fits = DataConfig(sequence_length=64, batch_size=4, num_eval_batches=1, corpus_dir=str(tmp_path))
+    fits.check_eval_fits()  # control: one batch fits
+
+
 def test_too_many_eval_batches_is_a_clear_error(tmp_path):
     _write_corpus(tmp_path)
     config = DataConfig(sequence_length=64, batch_size=4, num_eval_batches=1000, corpus_dir=str(tmp_path))

@@ -33,6 +33,10 @@ GOLDEN = REPO / "tests" / "golden"
 REGENERATE = "python tests/test_experiments.py --write-golden"
 
 
+FIDDLER_ARGS = {"long_context": {"sequence_length": 256}}
+"""Arguments for fiddlers whose defaults do not fit tiny (512 tokens per batch, not 1024)."""
+
+
 def golden_texts() -> dict[str, str]:
     """File name under tests/golden -> what it should hold."""
     texts = {
@@ -42,8 +46,10 @@ def golden_texts() -> dict[str, str]:
     sections = []
     for name in experiments.FIDDLERS:
         cfg = experiments.tiny()
-        getattr(experiments, name)(cfg)
-        sections.append(f"## --fiddler={name} on experiments.tiny\n{diff.as_text(experiments.tiny(), cfg)}\n")
+        kwargs = FIDDLER_ARGS.get(name, {})
+        getattr(experiments, name)(cfg, **kwargs)
+        call = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else name
+        sections.append(f"## --fiddler={call} on experiments.tiny\n{diff.as_text(experiments.tiny(), cfg)}\n")
     texts["fiddlers.txt"] = "\n".join(sections)
     return texts
 
@@ -93,7 +99,7 @@ def test_the_library_tuples_list_every_experiment_and_fiddler():
 def test_fiddler_changes_the_graph_and_still_builds(fiddler):
     cfg = experiments.tiny()
     before = copy.deepcopy(cfg)
-    getattr(experiments, fiddler)(cfg)
+    getattr(experiments, fiddler)(cfg, **FIDDLER_ARGS.get(fiddler, {}))
     assert cfg != before, f"fiddler {fiddler} changed nothing"
     assert getattr(experiments, fiddler).__doc__, f"fiddler {fiddler} needs a docstring"
     built = fdl.build(serialization.load_json(serialization.dump_json(cfg)))

@@ -23,7 +23,8 @@ from llama_fdl import generate, runner, saved_run
 from llama_fdl.cli import ConfigError
 from llama_fdl.data import pipeline
 from llama_fdl.export import export_run
-from llama_fdl.model import LlamaTransformer, import_hf, scanned_to_unrolled_params
+from llama_fdl.model import LlamaTransformer, scanned_to_unrolled_params
+from llama_fdl.model.hf import import_hf
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import loop
 from llama_fdl.train import state as state_lib

@@ -14,7 +14,8 @@ import pytest
 import torch
 import transformers
 
-from llama_fdl.model import LlamaTransformer, export_hf, import_hf, llama_config_from_hf
+from llama_fdl.model import LlamaTransformer
+from llama_fdl.model.hf import export_hf, import_hf, llama_config_from_hf
 
 # Fixed in advance (as in test_hf_interop): HF against us on the same weights, and the least a
 # control must differ by.

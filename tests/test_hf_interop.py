@@ -12,15 +12,8 @@ import torch
 import transformers
 from flax import linen as nn
 
-from llama_fdl.model import (
-    LlamaConfig,
-    LlamaTransformer,
-    export_hf,
-    hf_config_from_llama,
-    import_hf,
-    llama_config_from_hf,
-    scanned_to_unrolled_params,
-)
+from llama_fdl.model import LlamaConfig, LlamaTransformer, scanned_to_unrolled_params
+from llama_fdl.model.hf import export_hf, hf_config_from_llama, import_hf, llama_config_from_hf
 
 # Fixed in advance: HF against us on the same weights; our model against itself after export
 # and reload (the weights are copied exactly, so only recompilation may differ).
@@ -129,12 +122,13 @@ def test_parity_check_notices_a_changed_weight():
     assert np.abs(our_logits(config, params, idx) - hf_logits(model, idx)).max() > DIFFERENT
     model = hf_model()
     config, params = import_hf(model)
-    kernel = params["block_stack"]["blocks"]["attention"]["query"]["kernel"]
-    # The interleaved rotary convention pairs channel 2i with 2i+1: permuting q and k rows to it
-    # without changing the model is exactly the mistake this interop must not make.
+    attention = params["block_stack"]["blocks"]["attention"]
+    # The interleaved rotary convention pairs channel 2i with 2i+1: permuting the query and key
+    # channels to it (each kernel its own, so q.k is unchanged and only rotary can tell) is
+    # exactly the mistake this interop must not make.
     interleave = np.concatenate([np.arange(0, 16, 2), np.arange(1, 16, 2)])
     for name in ("query", "key"):
-        params["block_stack"]["blocks"]["attention"][name]["kernel"] = kernel[..., interleave]
+        attention[name]["kernel"] = attention[name]["kernel"][..., interleave]
     assert np.abs(our_logits(config, params, idx) - hf_logits(model, idx)).max() > DIFFERENT
 
 

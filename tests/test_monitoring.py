@@ -1,6 +1,7 @@
 """What a run shows: TensorBoard groups, text, HParams, profiler traces, MFU, checkpoint contents."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -84,3 +85,30 @@ def test_checkpoints_keep_the_last_k_plus_every_mth_and_record_metadata(run):
     assert json.loads(meta["config_json"]) == json.loads((run / "config.json").read_text())
     assert meta["versions"]["jax"] and meta["versions"]["orbax-checkpoint"]
     assert (run / "checkpoints" / "30" / "data" / "process_0.index").exists()
+
+
+def test_a_resumed_writer_purges_what_the_killed_run_logged_after_its_checkpoint(tmp_path):
+    """TensorBoard's own loader shows one curve, each step once, the resumed run's values.
+
+    The killed run logged steps 1..15 but its last checkpoint was step 10; the resumed run logs
+    11..20 again with other values. Control: without purge_step the loader shows the killed
+    run's steps 11..15 twice, so the check below would notice a missing marker.
+    """
+    from llama_fdl.train.metrics import MetricWriter
+
+    def two_runs(workdir, purge_step):
+        killed = MetricWriter(str(workdir))
+        for step in range(1, 16):
+            killed.scalars(step, {"train/loss": 100.0 + step})
+        killed.close()
+        time.sleep(1.1)  # event files are named by the second: a new one, as a real resume makes
+        resumed = MetricWriter(str(workdir), purge_step=purge_step)
+        for step in range(11, 21):
+            resumed.scalars(step, {"train/loss": float(step)})
+        resumed.close()
+        return [(e.step, e.value) for e in accumulator(workdir).Scalars("train/loss")]
+
+    curve = two_runs(tmp_path / "purged", purge_step=11)
+    assert curve == [(s, 100.0 + s) for s in range(1, 11)] + [(s, float(s)) for s in range(11, 21)]
+    unpurged = [step for step, _ in two_runs(tmp_path / "unpurged", purge_step=None)]
+    assert len(unpurged) == 25 and len(set(unpurged)) == 20

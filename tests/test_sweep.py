@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ from launcher import REPO, accumulator, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import experiments
-from llama_fdl import sweep
+from llama_fdl import runner, sweep
 from llama_fdl.cli import ConfigError
+from llama_fdl.run_lock import RunLock
 from llama_fdl.sweep import Point
 
 
@@ -107,6 +109,40 @@ def test_every_sweep_of_the_library_plans_over_small(name):
     assert len(planned) >= 3
 
 
+def test_a_point_saved_with_another_layout_is_the_same_point_and_another_experiment_is_not(tmp_path):
+    """Layout (mesh sizes, remat, microbatches) is not a point's identity, as for a single run."""
+    (point,) = _plan([Point("a", {"data.seed": 1})])
+    (relaid,) = _plan([Point("a", {"data.seed": 1, "trainer.num_microbatches": 2})])
+    (other,) = _plan([Point("a", {"data.seed": 2})])
+    saved = tmp_path / "a"
+    saved.mkdir()
+    result = sweep.Result(eval_loss=2.5, tokens_per_sec=None, wall_time_s=1.0)
+    (saved / sweep.RESULT).write_text(json.dumps(dataclasses.asdict(result)))
+    (saved / "config.json").write_text(relaid.config_json)
+    sweep.check_workdirs([point], tmp_path)
+    assert sweep.finished(point, tmp_path) == result
+    # Control: a saved point that computes something else is refused, and not taken as finished.
+    (saved / "config.json").write_text(other.config_json)
+    with pytest.raises(runner.RunError, match="holds a different experiment than sweep point a"):
+        sweep.check_workdirs([point], tmp_path)
+    assert sweep.finished(point, tmp_path) is None
+
+
+def test_a_point_whose_directory_another_launch_holds_is_refused_naming_it(tmp_path):
+    from llama_fdl.train import loop
+
+    (point,) = _plan([Point("a", {"data.seed": 1})])
+    held = RunLock(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    held.acquire()
+    try:
+        with pytest.raises(runner.RunError, match=f"is in use by pid {os.getpid()} on host"):
+            sweep.run_point(point, tmp_path, loop.RunOptions())
+    finally:
+        held.release()
+    assert list((tmp_path / "a").iterdir()) == []  # nothing written by the refused point
+
+
 # A sweep of three tiny points, 40 steps each, checkpointed every 4 steps.
 SWEEP = [
     "--fdl_config=experiments.tiny",
@@ -126,7 +162,8 @@ def _sweep_command(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def killed_then_resumed(tmp_path_factory):
     """Runs the sweep one point after another, SIGKILLs it once the second point has a checkpoint,
-    then runs the same command with --parallel=2. Returns the sweep directory and both outputs."""
+    then runs the same command with --parallel=2 and another layout (2 microbatches), which
+    resumes in place. Returns the sweep directory and both outputs."""
     workdir = tmp_path_factory.mktemp("sweep") / "wd"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(
@@ -149,7 +186,7 @@ def killed_then_resumed(tmp_path_factory):
         "third_started": (workdir / POINTS[2]).exists(),
     }
     resumed = subprocess.run(
-        _sweep_command(f"--workdir={workdir}", "--parallel=2"),
+        _sweep_command(f"--workdir={workdir}", "--parallel=2", "--fdl.trainer.num_microbatches=2"),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -167,10 +204,9 @@ def test_a_killed_sweep_skips_finished_points_and_resumes_the_killed_one(killed_
     assert (workdir / POINTS[0] / sweep.RESULT).read_bytes() == state["first_result"]  # not rerun
     second = json.loads((workdir / POINTS[1] / sweep.RESULT).read_text())
     assert 4 <= second["resumed_from_step"] < 40
-    assert (
-        f"from the checkpoint at step {second['resumed_from_step']}"
-        in (workdir / POINTS[1] / "log.txt").read_text()
-    )
+    log = (workdir / POINTS[1] / "log.txt").read_text()
+    assert f"from the checkpoint at step {second['resumed_from_step']}" in log
+    assert "with another layout; resuming it with trainer.num_microbatches 1 -> 2" in log
     assert "from scratch" in (workdir / POINTS[2] / "log.txt").read_text()
 
 

@@ -112,7 +112,10 @@ def apply_fiddler(
         name, args, kwargs = parse_call(expression, "fiddler")
         fn = lookup(name, library, library.FIDDLERS, "fiddler")
     bind(fn, (cfg, *args), kwargs, label, skip=1)
-    result = fn(cfg, *args, **kwargs)
+    try:
+        result = fn(cfg, *args, **kwargs)
+    except ValueError as e:  # a fiddler refusing this graph says why; the flag says where
+        raise ConfigError(f"{label}: {e}") from e
     if result is None:
         return cfg
     if not isinstance(result, fdl.Buildable):

@@ -27,6 +27,7 @@ from llama_fdl import commands, compilation_cache, runner, sweep
 from llama_fdl.cli import ConfigError, overrides
 from llama_fdl.cli import flags as fdl_flags
 from llama_fdl.train import checkpoint as ckpt
+from llama_fdl.train import preemption
 
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "The sweep: NAME or NAME(ARGS) of experiments/sweeps.py, or a dotted name elsewhere."
@@ -103,7 +104,15 @@ def _options():
 
     if fdl_flags.COMPILATION_CACHE.value:
         compilation_cache.enable(fdl_flags.COMPILATION_CACHE_DIR.value)
-    return loop.RunOptions(), FOR_PEOPLE + (loop.NonFiniteLoss,)
+    return loop.RunOptions(), FOR_PEOPLE + (loop.NonFiniteLoss, ckpt.UnreadableCheckpoints)
+
+
+def _stop_request() -> preemption.StopRequest:
+    """SIGTERM/SIGINT recorded for the rest of this process, so that one arriving while a point
+    sets up, saves or exits ends in a clean save, and one between points starts no other."""
+    stop = preemption.StopRequest()
+    stop.install()
+    return stop
 
 
 def _run_one(planned: list[sweep.Planned], workdir: pathlib.Path) -> int:
@@ -111,7 +120,7 @@ def _run_one(planned: list[sweep.Planned], workdir: pathlib.Path) -> int:
     (p,) = [p for p in planned if p.point.name == _SWEEP_POINT.value]
     options, errors = _options()
     try:
-        sweep.run_point(p, workdir, options)
+        sweep.run_point(p, workdir, options, _stop_request())
     except errors as e:
         print(f"error: {runner.one_line(e)}", file=sys.stderr)
         return 1
@@ -122,6 +131,7 @@ def _run_here(planned: list[sweep.Planned], workdir: pathlib.Path) -> dict[str, 
     """The points in turn, in this process; a failed point is reported and the next one runs."""
     outcomes: dict[str, sweep.Result | str] = {}
     options, errors = _options()
+    stop = _stop_request()
     for i, p in enumerate(planned, 1):
         name, head = p.point.name, f"[{i}/{len(planned)}] {p.point.name}"
         done = sweep.finished(p, workdir)
@@ -129,9 +139,12 @@ def _run_here(planned: list[sweep.Planned], workdir: pathlib.Path) -> dict[str, 
             print(f"{head}: finished before (eval loss {done.eval_loss:.4f}); skipping it.", flush=True)
             outcomes[name] = done
             continue
+        if stop.signal_number:  # came between two points: start no other
+            print(f"{head}: not started; run the same command again to resume the sweep.", flush=True)
+            break
         print(f"\n{head}: {p.point.describe()}", flush=True)
         try:
-            result = sweep.run_point(p, workdir, options)
+            result = sweep.run_point(p, workdir, options, stop)
         except errors as e:
             outcomes[name] = f"failed: {runner.one_line(e)}"
             print(f"{head} failed: {runner.one_line(e)}", file=sys.stderr, flush=True)

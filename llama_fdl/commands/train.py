@@ -23,13 +23,13 @@ import experiments
 from llama_fdl import (  # distributed defines --num_processes, ...
     commands,
     compilation_cache,
-    console,
     distributed,
     runner,
 )
 from llama_fdl.cli import diff, library
 from llama_fdl.cli import flags as fdl_flags
 from llama_fdl.train import checkpoint as ckpt
+from llama_fdl.train import preemption
 
 FLAG_MODULES = ("llama_fdl.distributed",)
 """Other modules whose flags this command reads (for `llama-fdl help train`)."""
@@ -53,7 +53,14 @@ _DRY_RUN = flags.DEFINE_bool(
 )
 FLAGS = flags.FLAGS
 # Errors whose message says it all; anything else is a bug and keeps its traceback.
-FOR_PEOPLE = (ValueError, TypeError, FileNotFoundError, runner.RunError, ckpt.CheckpointWriteError)
+FOR_PEOPLE = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    runner.RunError,
+    ckpt.CheckpointWriteError,
+    ckpt.UnreadableCheckpoints,
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -91,6 +98,10 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
     for_people = FOR_PEOPLE
     try:
         distributed.initialize()  # first: jax.distributed must start before any backend does
+        # After jax.distributed (whose own SIGTERM handler this replaces) and for the whole
+        # process: a signal arriving while the run sets up, saves or exits is then recorded, not fatal.
+        stop = preemption.StopRequest()
+        stop.install()
         if fdl_flags.FDL_HELP.value and not (fdl_flags.FDL_CONFIG.value or fdl_flags.FDL_CONFIG_FILE.value):
             print(library.help_text(experiments))
             return
@@ -122,8 +133,7 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
                 )
             return
         # The loop brings in TensorFlow: import it only once the experiment has passed its checks.
-        with console.Startup().phase("Importing TensorFlow and seqio for the data"):
-            from llama_fdl.train import loop
+        from llama_fdl.train import loop
 
         for_people += (loop.NonFiniteLoss,)
         options = loop.RunOptions(profile_steps=profile, peak_flops_per_device=_PEAK_FLOPS.value)
@@ -135,6 +145,7 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
             config_diff=config_diff,
             config_code=config_code,
             experiment=experiment,
+            stop=stop,
         )
     except for_people as e:
         if fdl_flags.TRACEBACK.value:

@@ -41,3 +41,29 @@ class DataConfig:
     @property
     def vocabulary_size(self) -> int:
         return BYTE_VOCAB_SIZE
+
+    def check_eval_fits(self) -> None:
+        """Raises ValueError unless the fixed eval batches fit in the validation split.
+
+        Counted from file sizes, without TensorFlow, once per launch (llama_fdl.runner.check): a
+        packed sequence holds at most sequence_length tokens, and the split holds one token per
+        byte plus one EOS per chunk, so this bound is necessary; packing loses a little more,
+        which `pipeline.eval_batches` still catches exactly once the data is loaded.
+        """
+        files = corpus.list_files(self.root, "validation")
+        chunk = self.sequence_length - 1
+        available = sum(size + -(-size // chunk) for size in (f.stat().st_size for f in files))
+        per_batch = self.batch_size * self.sequence_length
+        needed = self.num_eval_batches * per_batch
+        if needed > available:
+            fits = available // per_batch
+            fix = (
+                f"lower data.num_eval_batches to at most {fits}"
+                if fits
+                else "lower data.sequence_length or data.batch_size"
+            )
+            raise ValueError(
+                f"data.num_eval_batches={self.num_eval_batches} batches of {self.batch_size}x"
+                f"{self.sequence_length} tokens need {needed:,} validation tokens, but the validation "
+                f"split of {self.root} has at most {available:,}; {fix}."
+            )

@@ -1,7 +1,8 @@
-"""The Llama model: config, Linen modules, parameter layouts and HF `transformers` interop.
+"""The Llama model: config, Linen modules and parameter layouts.
 
-Importing this package never imports torch or transformers; `llama_fdl.model.hf` does that
-inside its functions.
+HF `transformers` interop lives in `llama_fdl.model.hf` (`from llama_fdl.model.hf import
+import_hf, export_hf`): it is the one part that needs torch and transformers, so this package
+does not import it, and neither does anything on the training path.
 """
 
 from llama_fdl.model.blocks import FFNBlock, SelfAttentionBlock, TransformerBlock
@@ -12,14 +13,6 @@ from llama_fdl.model.config import (
     architecture_difference,
     num_matmul_params,
     num_params,
-)
-from llama_fdl.model.hf import (
-    export_hf,
-    hf_config_from_llama,
-    import_hf,
-    llama_config_from_hf,
-    params_from_hf,
-    state_dict_from_params,
 )
 from llama_fdl.model.stack import (
     TransformerBlockStack,
@@ -38,14 +31,8 @@ __all__ = [
     "TransformerBlock",
     "TransformerBlockStack",
     "architecture_difference",
-    "export_hf",
-    "hf_config_from_llama",
-    "import_hf",
-    "llama_config_from_hf",
     "num_matmul_params",
     "num_params",
-    "params_from_hf",
     "scanned_to_unrolled_params",
-    "state_dict_from_params",
     "unrolled_to_scanned_params",
 ]

@@ -20,9 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from llama_fdl.model.config import ATTENTION_BACKENDS
 from llama_fdl.model.masks import attention_mask
-
-BACKENDS = ("xla", "pallas_triton", "cudnn")
 
 # Triton's tl.dot needs every matmul dimension to be at least 16, so the Pallas kernel gets
 # sequence lengths padded to a multiple of this and head dims of at least this.
@@ -56,7 +55,7 @@ def attend(
         return pallas_triton_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal, scale)
     if backend == "cudnn":  # jax.nn.dot_product_attention takes grouped heads as they are
         return cudnn_attention(q_BSNH, k_BTKH, v_BTKH, segment_ids_BS, causal, scale)
-    raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}.")
+    raise ValueError(f"attention backend {backend!r} is not one of {ATTENTION_BACKENDS}.")
 
 
 def xla_attention(q_BSNH, k_BTKH, v_BTKH, segment_ids_BS, causal: bool, scale: float) -> jax.Array:
@@ -160,23 +159,12 @@ def _largest_block(length: int, largest: int) -> int:
     return block
 
 
-def check_cudnn_available(dtype: jnp.dtype) -> None:
-    """Raises ValueError unless cuDNN flash attention can run here with this compute dtype."""
-    if jax.default_backend() != "gpu":
-        raise ValueError(
-            f"attention_backend='cudnn' needs a GPU, but JAX runs on {jax.default_backend()!r}; "
-            "use attention_backend='xla' or 'pallas_triton' here."
-        )
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        raise ValueError(
-            f"attention_backend='cudnn' supports dtype bfloat16 or float16, not {jnp.dtype(dtype)}; "
-            "set dtype='bfloat16' or use attention_backend='xla' or 'pallas_triton'."
-        )
-
-
 def cudnn_attention(q_BSNH, k_BTKH, v_BTKH, segment_ids_BS, causal: bool, scale: float) -> jax.Array:
-    """cuDNN fused attention; document masks go in as a boolean mask, causality as a flag."""
-    check_cudnn_available(q_BSNH.dtype)
+    """cuDNN fused attention; document masks go in as a boolean mask, causality as a flag.
+
+    Whether this platform and dtype can run it is checked once per launch, with the config
+    (`LlamaConfig.check_platform`), not here in every trace.
+    """
     mask_B1ST = None
     if segment_ids_BS is not None:
         mask_B1ST = (segment_ids_BS[:, :, None] == segment_ids_BS[:, None, :])[:, None]

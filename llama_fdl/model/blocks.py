@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.attention_backends import attend, check_cudnn_available, masked_attention
+from llama_fdl.model.attention_backends import attend, masked_attention
 from llama_fdl.model.config import LlamaConfig
 from llama_fdl.model.kv_cache import KV_AXES, KVCache
 from llama_fdl.model.norm import RMSNorm
@@ -116,8 +116,6 @@ class SelfAttentionBlock(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         dtype = cfg._dtype
-        if cfg.attention_backend == "cudnn":
-            check_cudnn_available(dtype)
         batch, seq_len, _ = x_BSD.shape
         if pos_BS is None:
             pos_BS = default_positions(batch, seq_len)

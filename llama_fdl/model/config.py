@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any, Literal
 
 import jax.numpy as jnp
 
+# Each choice is spelled once, here; the tuples are derived, and the command line's type check
+# reads the Literals (so a typo there gets the nearest valid name).
 AttentionBackend = Literal["xla", "pallas_triton", "cudnn"]
 RematPolicy = Literal["none", "full", "dots_saveable"]
+ComputeDType = Literal["float32", "bfloat16", "float16"]
 
-_DTYPES = ("float32", "bfloat16", "float16")
-_BACKENDS = ("xla", "pallas_triton", "cudnn")
-_REMAT = ("none", "full", "dots_saveable")
+ATTENTION_BACKENDS: tuple[str, ...] = typing.get_args(AttentionBackend)
+REMAT_POLICIES: tuple[str, ...] = typing.get_args(RematPolicy)
+COMPUTE_DTYPES: tuple[str, ...] = typing.get_args(ComputeDType)
 
 
 @dataclasses.dataclass
@@ -45,8 +49,8 @@ class ParallelConfig:
     """Rematerialization of each transformer block: none, full, or dots_saveable."""
 
     def __post_init__(self) -> None:
-        if self.remat not in _REMAT:
-            raise ValueError(f"ParallelConfig.remat={self.remat!r} is not one of {_REMAT}.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ParallelConfig.remat={self.remat!r} is not one of {REMAT_POLICIES}.")
         for name in ("data_axis_size", "fsdp_axis_size", "tensor_axis_size"):
             size = getattr(self, name)
             if size == 0 or size < -1:
@@ -119,7 +123,7 @@ class LlamaConfig:
     """Attention kernel: xla (everywhere), pallas_triton (flash kernel), cudnn (GPU only)."""
     mask_across_document_boundaries: bool = False
     """Tokens attend only within their own packed document (needs segment ids)."""
-    dtype: str = "float32"
+    dtype: ComputeDType = "float32"
     """Compute dtype: float32, bfloat16 or float16. Parameters stay float32, logits float32."""
     dropout_rate: float = 0.0
     """Dropout on attention and feed-forward outputs while training."""
@@ -160,11 +164,12 @@ class LlamaConfig:
                 f"LlamaConfig.head_dim={self.head_dim} must be even: rotary embeddings rotate "
                 "pairs of channels."
             )
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"LlamaConfig.dtype={self.dtype!r} is not one of {_DTYPES}.")
-        if self.attention_backend not in _BACKENDS:
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"LlamaConfig.dtype={self.dtype!r} is not one of {COMPUTE_DTYPES}.")
+        if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
-                f"LlamaConfig.attention_backend={self.attention_backend!r} is not one of {_BACKENDS}."
+                f"LlamaConfig.attention_backend={self.attention_backend!r} is not one of "
+                f"{ATTENTION_BACKENDS}."
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"LlamaConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
@@ -188,6 +193,25 @@ class LlamaConfig:
             raise ValueError(
                 "LlamaConfig.tie_embeddings=True leaves the LM head without the bias that use_bias=True "
                 "asks for; set use_bias=False (qkv_bias=True keeps q/k/v biases) or tie_embeddings=False."
+            )
+
+    def check_platform(self, platform: str) -> None:
+        """Raises ValueError if JAX's `platform` ("cpu", "gpu", "tpu") cannot run this config.
+
+        Run once per launch at config-check time (llama_fdl.runner.check), not by the model:
+        cuDNN attention needs a GPU and a 16-bit compute dtype.
+        """
+        if self.attention_backend != "cudnn":
+            return
+        if platform != "gpu":
+            raise ValueError(
+                f"attention_backend='cudnn' needs a GPU, but JAX runs on {platform!r}; "
+                "use attention_backend='xla' or 'pallas_triton' here."
+            )
+        if self.dtype not in ("bfloat16", "float16"):
+            raise ValueError(
+                f"attention_backend='cudnn' supports dtype bfloat16 or float16, not {self.dtype}; "
+                "set dtype='bfloat16' or use attention_backend='xla' or 'pallas_triton'."
             )
 
     @property

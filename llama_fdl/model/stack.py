@@ -35,8 +35,6 @@ def _block_class(config: LlamaConfig, decode: bool) -> type[nn.Module]:
     remat = config.parallel.remat
     if remat == "none" or decode:  # decoding has no backward pass to save memory for
         return TransformerBlock
-    if remat not in _REMAT_POLICIES:
-        raise ValueError(f"ParallelConfig.remat={remat!r} is not one of {('none', *_REMAT_POLICIES)}.")
     # Under scan, XLA cannot merge recomputation across iterations, so CSE prevention only
     # costs time there (the flax docs recommend prevent_cse=False with scan).
     return nn.remat(TransformerBlock, policy=_REMAT_POLICIES[remat], prevent_cse=not config.scan_blocks)

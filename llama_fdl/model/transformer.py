@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.attention_backends import check_cudnn_available
 from llama_fdl.model.blocks import RESIDUAL_AXES, default_positions
 from llama_fdl.model.config import LlamaConfig
 from llama_fdl.model.masks import resolve_segment_ids
@@ -64,8 +63,6 @@ class LlamaTransformer(nn.Module):
         """
         cfg = self.config
         _check_inputs(idx, pos_idx=pos_idx, document_borders=document_borders, segment_ids=segment_ids)
-        if cfg.attention_backend == "cudnn":
-            check_cudnn_available(cfg._dtype)
         batch, seq_len = idx.shape
         if decode:
             pos_BS, segment_ids_BS = self._decode_inputs(idx, pos_idx, document_borders, segment_ids)

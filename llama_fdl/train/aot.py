@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from llama_fdl import compilation_cache, sharding
 from llama_fdl.model.config import num_params
-from llama_fdl.train import flops
+from llama_fdl.train import flops, preemption
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.step import BATCH_FEATURES, jit_train_step
 
@@ -170,7 +170,8 @@ def compile_train_step(
         skip_nonfinite=skip_nonfinite,
     )
     start = time.perf_counter()
-    lowered = step.lower(state, batch)
+    stop_flags = jax.ShapeDtypeStruct((mesh.size,), jnp.int32, sharding=preemption.flag_sharding(mesh))
+    lowered = step.lower(state, batch, stop_flags)
     traced = time.perf_counter()
     with compilation_cache.watch() as hits:
         compiled = lowered.compile()

@@ -5,7 +5,10 @@ Each step is one Orbax composite checkpoint with three items:
   data      the seqio/tf.data iterator of every process (see llama_fdl.data.iterator_state);
   metadata  JSON: the experiment's Fiddle JSON, package versions and the git commit.
 Orbax writes each step into a temporary directory and renames it when complete, so a save that is
-interrupted is never listed as a step to restore from.
+interrupted is never listed as a step to restore from. A complete step that cannot be read back
+(files cut short later) is named, moved to RUN/unreadable_checkpoints/ and skipped for the one
+before it (`restore_newest`). `check_compatible` reads only metadata and writes nothing, so a run
+of another model is refused before the run directory changes.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import dataclasses
 import importlib.metadata
 import pathlib
 import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "fiddle", "seqio", "tensorflow")
 
@@ -41,25 +48,32 @@ class CheckpointConfig:
 
 
 def make_manager(directory: pathlib.Path, config: CheckpointConfig) -> ocp.CheckpointManager:
-    # Imported here: the handler needs TensorFlow, and this module's config class must not.
-    from llama_fdl.data.iterator_state import TFIteratorHandler
-
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_last,
         keep_period=config.keep_every,
         create=True,
         enable_async_checkpointing=config.async_save,
     )
-    handlers = {
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=_handlers())
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    # Imported here: the handler needs TensorFlow, and this module's config class must not.
+    from llama_fdl.data.iterator_state import TFIteratorHandler
+
+    return {
         "state": ocp.StandardCheckpointHandler(),
         "data": TFIteratorHandler(),
         "metadata": ocp.JsonCheckpointHandler(),
     }
-    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
 
 
 class IncompatibleCheckpoint(ValueError):
     """A checkpoint whose parameters do not fit the model being built."""
+
+
+class UnreadableCheckpoints(RuntimeError):
+    """No checkpoint of a run directory can be read back."""
 
 
 def _leaf_name(path) -> str:
@@ -73,13 +87,32 @@ def _leaf_name(path) -> str:
     return "/".join(parts)
 
 
-def check_compatible(manager: ocp.CheckpointManager, step: int, target) -> None:
-    """Raises IncompatibleCheckpoint naming the first parameter whose shape or presence differs."""
-    saved = manager.item_metadata(step)["state"]
+def check_compatible(directory: pathlib.Path, target) -> None:
+    """Raises IncompatibleCheckpoint naming the first parameter whose shape or presence differs.
+
+    Reads only the newest checkpoint whose metadata reads (a damaged one is `restore_newest`'s
+    business) and writes nothing, so a refused run leaves the directory as it was.
+    """
+    if not directory.is_dir():
+        return
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory.absolute(), options=options) as manager:
+        steps = list(reversed(manager.all_steps()))
+    for step in steps:
+        try:
+            # The state item's own metadata: no TensorFlow (the data item's handler needs it),
+            # so a refused launch stays quick and quiet.
+            saved = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
+        except Exception:  # noqa: BLE001, S112 -- unreadable: restore_newest deals with it
+            continue
+        _compare(saved, target, directory / str(step))
+        return
+
+
+def _compare(saved, target, where: pathlib.Path) -> None:
     saved_shapes = {
         _leaf_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
     }
-    where = manager.directory / str(step)
     # Parameters first, so the message names a weight rather than an optimizer moment.
     leaves = jax.tree_util.tree_flatten_with_path(target)[0]
     leaves.sort(key=lambda item: not _leaf_name(item[0]).startswith("params/"))
@@ -169,6 +202,77 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator)
         ),
     )
     return restored["state"]
+
+
+UNREADABLE_DIR = "unreadable_checkpoints"
+"""Where, next to checkpoints/, a checkpoint that cannot be read is moved (never deleted)."""
+
+
+def restore_newest(
+    manager: ocp.CheckpointManager, abstract_state, new_iterator: Callable[[], Iterator], say
+) -> tuple[Any, Iterator, int] | None:
+    """Restores the newest checkpoint that reads back; None when there is no checkpoint.
+
+    A newer checkpoint that fails to restore (truncated files, a bad copy) is named with the
+    reason in one line through `say`, and moved to RUN/unreadable_checkpoints/ so that training
+    can write that step again; it is never deleted. Every process must succeed for a step to
+    count, so all of them resume from the same one. If no checkpoint restores, raises
+    UnreadableCheckpoints and moves nothing.
+    """
+    steps = list(reversed(manager.all_steps()))
+    failures: list[tuple[int, str]] = []
+    for step in steps:
+        iterator = new_iterator()  # a failed restore may have moved the previous one
+        try:
+            restored, reason = restore(manager, step, abstract_state, iterator), ""
+        except Exception as e:  # noqa: BLE001 -- TensorStore, Orbax and TF each raise their own
+            restored, reason = None, _reason(e)
+        if _everywhere(not reason):
+            for bad, why in failures:
+                _move_aside(manager, bad, say, why, step)
+            return restored, iterator, step
+        failures.append((step, reason or "unreadable on another process"))
+    if not failures:
+        return None
+    newest, why = failures[0]
+    raise UnreadableCheckpoints(
+        f"None of the {len(failures)} checkpoints under {manager.directory} can be read back "
+        f"(the newest, step {newest}: {why}); move them away to start this run directory from "
+        f"scratch, or restore them from a good copy."
+    )
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int, say, why: str, resumed: int) -> None:
+    if jax.process_index() == 0:  # one mover; the run directory is shared
+        directory = pathlib.Path(manager.directory)
+        target, n = directory.parent / UNREADABLE_DIR / str(step), 1
+        while target.exists():  # the same step may have been damaged before
+            n += 1
+            target = directory.parent / UNREADABLE_DIR / f"{step}-{n}"
+        target.parent.mkdir(exist_ok=True)
+        (directory / str(step)).rename(target)
+        say(
+            f"The checkpoint at step {step} cannot be read ({why}); resuming from step {resumed}, "
+            f"the newest that restores. Step {step} was moved to {target}, not deleted."
+        )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"llama_fdl: moved checkpoint {step} aside")
+    manager.reload()
+
+
+def _reason(error: BaseException) -> str:
+    """The root cause's first line: TensorStore's outer message is a repr of its whole spec."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _everywhere(ok: bool) -> bool:
+    """Whether `ok` holds on every process (each process's own answer when there is one)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
 # --- Reading another run's parameters ----------------------------------------------------

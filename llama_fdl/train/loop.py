@@ -2,7 +2,8 @@
 
 Metrics of step N are fetched from the device only after step N+1 has been dispatched, so the
 host never waits on the device just to log. A NaN/Inf loss stops the run before anything after
-it is saved; SIGTERM/SIGINT save a checkpoint and return cleanly.
+it is saved; SIGTERM/SIGINT save a checkpoint and return cleanly, on the same step in every
+process (see llama_fdl.train.preemption).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import jax
 import numpy as np
 
 from llama_fdl import console, generate, sharding
-from llama_fdl.data import pipeline
-from llama_fdl.train import aot, flops, init_from
+from llama_fdl.train import aot, flops, init_from, preemption
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import metrics as metrics_lib
 from llama_fdl.train import state as state_lib
 from llama_fdl.train.config import Experiment
-from llama_fdl.train.preemption import StopRequest
 from llama_fdl.train.step import eval_step
 
 
@@ -65,6 +64,7 @@ def train(
     config_json: str,
     texts: dict[str, str] | None = None,
     options: RunOptions | None = None,
+    stop: preemption.StopRequest | None = None,
 ) -> dict[str, float]:
     """Runs (or resumes) the experiment in `workdir`; returns the final eval metrics.
 
@@ -75,11 +75,14 @@ def train(
       texts: name -> text for TensorBoard's text tab (the flattened config, its diff, ...),
         written when the run starts from scratch.
       options: runtime-only settings.
+      stop: where SIGTERM/SIGINT are recorded; the launcher installs one for the whole process
+        (so that a late signal while exiting is harmless). Without one, the loop installs its
+        own for its duration.
     """
-    # --- Set up --------------------------------------------------------------------------
-    experiment.validate()
     options = options or RunOptions()
-    stop = StopRequest()  # a signal during set-up or compilation also ends in a clean save
+    if stop is not None:
+        return _train(experiment, workdir, config_json, texts, options, stop)
+    stop = preemption.StopRequest()  # a signal during set-up or compilation also ends in a clean save
     stop.install()
     try:
         return _train(experiment, workdir, config_json, texts, options, stop)
@@ -93,23 +96,28 @@ def _train(
     config_json: str,
     texts: dict[str, str] | None,
     options: RunOptions,
-    stop: StopRequest,
+    stop: preemption.StopRequest,
 ) -> dict[str, float]:
+    # --- Set up --------------------------------------------------------------------------
+    # Imported here, not with the module: TensorFlow (under seqio) takes seconds, and the
+    # launcher imports this module before it knows that the run directory is free.
+    startup = console.Startup(say=_say)
+    with startup.phase("Importing TensorFlow and seqio"):
+        from llama_fdl.data import pipeline
+
     model, mesh, data, trainer = experiment.model, experiment.mesh, experiment.data, experiment.trainer
     parallel = model.config.parallel
     total_steps = trainer.num_train_steps
     tx, schedule = experiment.optimizer(total_steps)
     batch_sh = sharding.batch_sharding(mesh, parallel)
-    startup = console.Startup(say=_say)
+    flag_sh = preemption.flag_sharding(mesh)
 
-    with startup.phase("Loading the data"):
-        train_iter = pipeline.train_iterator(data)
+    with startup.phase("Loading the eval batches"):
         local_eval_batches = pipeline.eval_batches(data)
         eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
     samples = None
     if trainer.sample_every:
         samples = generate.TrainingSamples(model, data, local_eval_batches[0], trainer.seed)
-    writer = metrics_lib.MetricWriter(str(workdir))
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
 
@@ -123,20 +131,22 @@ def _train(
     # --- Initialise or resume ------------------------------------------------------------
     boxed = state_lib.abstract_state(model, tx, data.sequence_length, trainer.seed)
     shardings = state_lib.state_shardings(boxed, mesh, parallel)
-    latest = manager.latest_step()
-    if latest is None:
-        with startup.phase("Initialising the parameters"):
+    target = state_lib.unboxed_abstract(boxed, shardings)
+    with startup.phase("Restoring the newest checkpoint"):
+        resumed = ckpt.restore_newest(manager, target, lambda: pipeline.train_iterator(data), _say)
+    if resumed is None:
+        with startup.phase("Initialising the parameters and the train stream"):
             state = _first_state(experiment, tx, shardings)
+            train_iter = pipeline.train_iterator(data)
+        writer = metrics_lib.MetricWriter(str(workdir))
         origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
         _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
             writer.text(0, name, body)
     else:
-        target = state_lib.unboxed_abstract(boxed, shardings)
-        ckpt.check_compatible(manager, latest, target)
-        with startup.phase(f"Restoring the checkpoint at step {latest}"):
-            state = ckpt.restore(manager, latest, target, train_iter)
-        writer.resumed_at(latest)
+        state, train_iter, latest = resumed
+        # tensorboardX's purge_step: TensorBoard drops what a killed run logged after its checkpoint.
+        writer = metrics_lib.MetricWriter(str(workdir), purge_step=latest + 1)
         _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))
     profile = options.profile_steps
@@ -176,10 +186,12 @@ def _train(
     pending = None  # (step number after the update, device metrics) not yet fetched
     window_start, window_steps, skipped = time.perf_counter(), 0, 0
     last_eval: dict[str, float] = {}
+    agreed_stop = 0  # the stop signal all processes saw in a step's metrics, 0 for none
 
     def finish_step(step: int, device_metrics) -> None:
-        nonlocal window_start, window_steps, skipped
+        nonlocal window_start, window_steps, skipped, agreed_stop
         values = jax.device_get(device_metrics)
+        agreed_stop = agreed_stop or int(values.pop("stop/signal"))
         if values.pop("train/nonfinite") > 0:
             if not trainer.skip_nonfinite_steps:
                 raise NonFiniteLoss(step, float(values["train/loss"]), float(values["opt/grad_norm"]))
@@ -218,7 +230,7 @@ def _train(
             if options.profile_steps and done == options.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir))
             batch = pipeline.to_global(next(train_iter), batch_sh)
-            state, device_metrics = step_fn(state, batch)
+            state, device_metrics = step_fn(state, batch, stop.flags(flag_sh))
             if pending is not None:
                 finish_step(*pending)
             pending = (done, device_metrics)
@@ -229,7 +241,9 @@ def _train(
             evaluating = done % trainer.eval_every == 0 or done == total_steps
             saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
             sampling = samples is not None and done % trainer.sample_every == 0
-            if evaluating or saving or sampling or stop.requested:
+            # Every process reads the same metrics at the same points, so `agreed_stop` turns
+            # non-zero at the same step everywhere: they stop, and save, together.
+            if evaluating or saving or sampling or agreed_stop:
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
@@ -238,10 +252,11 @@ def _train(
                 _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
             if sampling:
                 writer.markdown(done, "samples", samples.markdown(state.params))
-            if saving or stop.requested:
+            if saving or agreed_stop:
                 ckpt.save(manager, done, state, train_iter, meta, force=True)
-            if stop.requested:
-                _say(f"{stop.signal_name}: saved the checkpoint at step {done}; rerun to resume.")
+            if agreed_stop:
+                name = preemption.signal_name(agreed_stop)
+                _say(f"{name}: saved the checkpoint at step {done}; rerun to resume.")
                 break
             if pending is None:  # eval, samples and saves are not train throughput
                 window_start, window_steps = time.perf_counter(), 0
@@ -255,7 +270,7 @@ def _train(
         )
         step, loss, grad_norm = e.args
         raise NonFiniteLoss(
-            f"Step {step} gave a non-finite loss or gradient (loss {loss}, gradient norm "
+            f"Step {step} gave a non-finite loss, gradient or update (loss {loss}, gradient norm "
             f"{grad_norm}); stopped without saving it, so {last_good}. "
             f"Lower optimizer.peak_learning_rate, or set trainer.skip_nonfinite_steps=True to skip "
             f"such steps."

@@ -15,12 +15,14 @@ import numpy as np
 class MetricWriter:
     """Scalars and text to TensorBoard under the run directory."""
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        """`purge_step`: where a resumed run restarts; TensorBoard then drops every event the
+        killed run logged at that step or later (tensorboardX writes the marker it reads)."""
         self._writer = None
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+            self._writer = SummaryWriter(logdir=logdir, flush_secs=10, purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer is None:
@@ -37,14 +39,6 @@ class MetricWriter:
         """Text that TensorBoard renders as markdown (headings, code blocks)."""
         if self._writer is not None:
             self._writer.add_text(name, body, global_step=step)
-
-    def resumed_at(self, step: int) -> None:
-        """Marks a restart, so TensorBoard drops what a killed run logged after its checkpoint."""
-        if self._writer is not None:
-            from tensorboardX.proto.event_pb2 import Event, SessionLog
-
-            start = Event(step=step + 1, session_log=SessionLog(status=SessionLog.START))
-            self._writer._get_file_writer().add_event(start)
 
     def hparams(self, hparams: dict[str, object], final_metrics: dict[str, float], step: int) -> None:
         """One row of TensorBoard's HParams tab: the settings and how the run ended (at `step`).

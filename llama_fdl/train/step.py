@@ -1,6 +1,7 @@
 """Pure train and eval steps: the loss, its gradient, the update, and per-step metrics.
 
-Shapes: B = batch, L = sequence length, V = vocabulary, M = microbatches, K = rows per microbatch.
+Shapes: B = batch, L = sequence length, V = vocabulary, M = microbatches, K = rows per microbatch,
+D = devices of the mesh.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llama_fdl import sharding
 from llama_fdl.model.config import ParallelConfig
+from llama_fdl.train import preemption
 from llama_fdl.train.state import TrainState
 
 BATCH_FEATURES = (
@@ -141,6 +143,7 @@ def _accumulate(
 def train_step(
     state: TrainState,
     batch: dict,
+    stop_D: jax.Array | None = None,
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -153,8 +156,12 @@ def train_step(
 
     `mesh` is where activations are laid out (by the model's logical constraints);
     `num_microbatches` splits the batch for gradient accumulation (see `loss_and_grads`).
-    With `skip_nonfinite`, a step whose loss or gradient is NaN/Inf leaves params and optimizer
-    state unchanged (the step counter still advances, so the data moves on).
+    `stop_D` holds each device's process's stop signal (see `llama_fdl.train.preemption`); the
+    metric `stop/signal` is their maximum, the same on every process.
+    A step is non-finite when its loss, its gradient, or what the update made of the parameters
+    and optimizer state holds a NaN/Inf (an infinite learning rate spoils the update even when
+    the gradient is fine). With `skip_nonfinite`, such a step leaves params and optimizer state
+    unchanged (the step counter still advances, so the data moves on).
     """
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     loss, stats, grads = loss_and_grads(
@@ -163,7 +170,7 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, opt_state))
     if skip_nonfinite:
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
@@ -181,6 +188,8 @@ def train_step(
         "data/documents_per_batch": jnp.sum(jnp.max(segment_ids_BL, axis=-1)).astype(jnp.float32),
         "train/nonfinite": 1.0 - finite.astype(jnp.float32),
     }
+    if stop_D is not None:
+        metrics["stop/signal"] = jnp.max(stop_D).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
@@ -196,6 +205,7 @@ def jit_train_step(
     skip_nonfinite: bool = False,
 ):
     """`train_step` jitted as the loop runs it: laid out by the state's and batch's shardings,
+    with every device's stop flag (`StopRequest.flags`, so all processes agree on a stop),
     metrics replicated, and the input state donated (its buffers become the new state's).
 
     The one place that decides how the step is compiled, so the loop, `--dry_run` and the
@@ -211,10 +221,25 @@ def jit_train_step(
             num_microbatches=num_microbatches,
             skip_nonfinite=skip_nonfinite,
         ),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh, model.config.parallel)),
+        in_shardings=(
+            state_shardings,
+            sharding.batch_sharding(mesh, model.config.parallel),
+            preemption.flag_sharding(mesh),
+        ),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def _all_finite(tree) -> jax.Array:
+    """True when no floating-point leaf of `tree` holds a NaN or Inf.
+
+    Checked leaf by leaf rather than through a norm, which overflows to Inf for finite values
+    above ~1e19 and would call a merely large update non-finite.
+    """
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in floats]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def eval_step(params, batch: dict, *, model: nn.Module, mesh: Mesh) -> dict[str, jax.Array]:
