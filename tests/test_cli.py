@@ -66,7 +66,7 @@ BAD_INPUT = {
     "flag typo": (["--fdl_confg=experiments.tiny"], "Unknown command line flag 'fdl_confg'"),
     "no experiment": ([], "Name an experiment: --fdl_config=experiments.NAME"),
     "path typo": ([TINY, "--fdl.model.config.num_block=8"], "did you mean `num_blocks`"),
-    "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there is 1 device;"),
+    "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there is 1 device."),
 }
 
 
