@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks import shapes as shapes_lib  # noqa: E402
 from llama_fdl import optim, sharding  # noqa: E402
+from llama_fdl.data.vocabulary import BYTE_VOCAB_SIZE  # noqa: E402 -- numpy only, no seqio
 from llama_fdl.model import LlamaConfig, LlamaTransformer, num_params  # noqa: E402
 from llama_fdl.train import aot, flops, preemption  # noqa: E402
 from llama_fdl.train import state as state_lib  # noqa: E402
@@ -38,12 +39,19 @@ DATASHEET = "H100 SXM / H200 SXM 989 TFLOP/s, H100 NVL / H200 NVL 835, H100 PCIe
 
 def llama_1b_config(**fields) -> LlamaConfig:
     """LlamaConfig of experiments.llama_1b, from the `model.config.*` lines of its golden file."""
+    lines = dict(line.partition(" = ")[::2] for line in GOLDEN.read_text().splitlines())
     values = {}
-    for line in GOLDEN.read_text().splitlines():
-        path, _, value = line.partition(" = ")
+    for path, value in lines.items():
         name = path.removeprefix("model.config.")
         if path.startswith("model.config.") and "." not in name and name != "parallel":
-            values[name] = ast.literal_eval(value.split("  #")[0])
+            value = value.split("  #")[0]
+            if value == "Config[vocabulary_size]":  # derived from data.vocabulary: bytes, or not
+                spm = lines["model.config.vocab_size.vocabulary.sentencepiece_model"].split("  #")[0]
+                if ast.literal_eval(spm):
+                    raise ValueError(f"llama_1b now uses the SentencePiece model {spm}; pass vocab_size=N.")
+                values[name] = BYTE_VOCAB_SIZE
+            else:
+                values[name] = ast.literal_eval(value)
     return LlamaConfig(**{**values, **fields})
 
 

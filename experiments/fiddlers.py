@@ -7,6 +7,8 @@ Fiddlers run before --fdl.PATH=VALUE settings, so a setting on the command line 
 
 import fiddle as fdl
 
+from llama_fdl import builders
+from llama_fdl.model import xlstm_jax
 from llama_fdl.model.config import RematPolicy
 
 
@@ -37,7 +39,8 @@ def fsdp(cfg: fdl.Config, size: int = -1) -> None:
 
 
 def remat(cfg: fdl.Config, policy: RematPolicy = "full") -> None:
-    """Recompute each block's activations in the backward pass: less memory, about 1/3 more compute."""
+    """Recompute each block's activations in the backward pass: less memory, about 1/3 more compute
+    for 'full' (also 'dots_saveable', 'attention', 'ffn', 'attention_and_ffn')."""
     cfg.model.config.parallel.remat = policy
 
 
@@ -60,6 +63,52 @@ def long_context(cfg: fdl.Config, sequence_length: int = 1024) -> None:
         )
     data.batch_size = tokens_per_batch // sequence_length
     data.sequence_length = sequence_length
+
+
+def xlstm_parallel(cfg: fdl.Config, **keywords) -> None:
+    """Lay out model and mesh from xlstm-jax ParallelConfig keywords (remat=['AttnBlock'], ...).
+
+    The shared ParallelConfig becomes a call of `llama_fdl.model.xlstm_jax.parallel_config`, so
+    later --fdl.model.config.parallel.NAME settings use xlstm-jax's names too.
+    """
+    parallel = fdl.Config(xlstm_jax.parallel_config, **keywords)
+    cfg.model.config.parallel = parallel
+    cfg.mesh.parallel = parallel
+
+
+def text_files(
+    cfg: fdl.Config, files: str | tuple[str, ...], validation_files: str | tuple[str, ...] = ""
+) -> None:
+    """Train on text files matched by glob(s), each file one document.
+
+    Validation is `validation_files` (taken out of `files`), or else the files whose path hash
+    puts them there (about 2%). Example: --fiddler='text_files("corpus/**/*.txt")'.
+    """
+    cfg.data.source = builders.text_files(files, validation_files)
+
+
+def jsonl(
+    cfg: fdl.Config,
+    files: str | tuple[str, ...],
+    validation_files: str | tuple[str, ...] = "",
+    field: str = "text",
+) -> None:
+    """Train on JSON Lines files (`.gz` too), each line one document with its text in `field`.
+
+    Example: --fiddler='jsonl("data/*.jsonl.gz", validation_files="data/valid.jsonl.gz")'.
+    """
+    cfg.data.source = builders.jsonl_files(files, validation_files, field)
+
+
+def seqio_task(cfg: fdl.Config, name: str, module: str | tuple[str, ...] = "") -> None:
+    """Train on a registered seqio Task or Mixture, importing `module` first (it registers it).
+
+    Example: --fiddler='seqio_task("my_mixture", module="my_tasks")'; the module may also be
+    given as --fdl.data.module=my_tasks.
+    """
+    cfg.data.source = builders.seqio_task(name)
+    if module:
+        cfg.data.module = module
 
 
 def smoke(cfg: fdl.Config, steps: int = 4) -> None:

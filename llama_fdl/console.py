@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -59,25 +60,38 @@ def quiet_libraries() -> None:
 
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 on /dev/null for the block: for C++ libraries that write there directly.
+    """File descriptor 2 in a temporary file for the block: for C++ libraries that write there
+    directly (TensorFlow's and Gloo's start-up lines, tensorflow_text's SentencePiece notices),
+    before or outside any logging a setting reaches.
 
-    TensorFlow's and Gloo's C++ start-up lines are written before (or outside) any logging a
-    setting reaches, so the descriptor itself is redirected. A Python exception raised in the
-    block still reaches stderr: Python prints it after the descriptor is restored.
+    What was captured is dropped, unless the block raises something other than a ValueError: then
+    it is written out, since it may say what went wrong (a ValueError is a one-line error for a
+    person, which stands alone). With --verbosity or LLAMA_FDL_VERBOSE nothing is captured.
     """
     if verbose():
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
+    captured = tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
+    replay = False
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
         yield
+    except ValueError:
+        raise
+    except BaseException:
+        replay = True
+        raise
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+        if replay:
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            sys.stderr.flush()
+        captured.close()
 
 
 def seconds_since_launch() -> float:

@@ -20,10 +20,9 @@ from llama_fdl.model.transformer import LlamaTransformer
 
 
 def vocabulary(data: DataConfig):
-    """The run's vocabulary, the one place generation gets its tokenizer from."""
-    from llama_fdl.data import pipeline  # TensorFlow (seqio): only when text is involved
-
-    return pipeline.vocabulary()
+    """The run's seqio vocabulary (bytes or its SentencePiece model), the one place generation
+    gets its tokenizer from; imports TensorFlow (seqio), paid only when text is involved."""
+    return data.vocabulary.seqio()
 
 
 PROMPT_MULTIPLE = 32

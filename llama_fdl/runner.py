@@ -1,8 +1,8 @@
 """Runs a Fiddle experiment graph in a run directory: checks, saves the experiment, builds, trains.
 
 This is where the graph meets the run directory, so it is one of the places Fiddle lives. Every
-check that can fail runs in `check`, before the run directory is touched and before any data is
-loaded or anything compiled, so a bad config leaves nothing behind.
+check that can fail runs in `check`, before the run directory is touched and before anything is
+compiled, so a bad config leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def one_line(error: BaseException) -> str:
 
 
 def check(cfg: fdl.Buildable) -> Experiment:
-    """Builds the graph and runs every check that needs no data and no compile; returns the build.
+    """Builds the graph and runs every check that needs no compile; returns the build.
 
     In order: value types against annotations; each part's own checks as it is built (LlamaConfig,
-    the mesh against the devices, ...); the model config against this platform (cuDNN needs a
-    GPU); cross-part checks (Experiment.validate); trainer.init_from's source against the model's
-    architecture; the optimizer's schedule against the run length; the evaluation set against the
-    validation split's size; and the model initialised by shape (a trace, not a compile), which
-    catches what only the model code knows.
+    the vocabulary file, the mesh against the devices, ...); the model config against this platform
+    (cuDNN needs a GPU); cross-part checks (Experiment.validate); trainer.init_from's source against
+    the model's architecture; the optimizer's schedule against the run length; the model
+    initialised by shape (a trace, not a compile), which catches what only the model code knows;
+    and the data layer's own check (`llama_fdl.data.pipeline.check`: modules, sources, the eval
+    sets against the validation splits), which brings in TensorFlow.
     """
     typecheck.check_graph(cfg)
     experiment = fdl.build(cfg)
@@ -70,8 +71,10 @@ def check(cfg: fdl.Buildable) -> Experiment:
     if experiment.trainer.init_from:
         saved_run.check_init_from(experiment.trainer.init_from, experiment.model.config)
     tx, _ = experiment.optimizer(experiment.trainer.num_train_steps)
-    experiment.data.check_eval_fits()
     state_lib.abstract_state(experiment.model, tx, experiment.data.sequence_length, experiment.trainer.seed)
+    from llama_fdl.data import pipeline  # TensorFlow: seconds that a config failing above never pays
+
+    pipeline.check(experiment.data)
     return experiment
 
 

@@ -105,3 +105,20 @@ def test_gpu_test_fails_where_the_machine_has_a_gpu_that_jax_misses(monkeypatch)
 
 def test_tests_ask_for_exact_float32_matmuls():
     assert jax.config.jax_default_matmul_precision == "highest"
+
+
+def test_data_pipeline_benchmark_runs_on_toy_corpora(tmp_path):
+    """Its corpora and pipeline timing at toy sizes (its step timing compiles small: not here)."""
+    from benchmarks import data_pipeline
+    from llama_fdl.data.config import DataConfig
+
+    data_pipeline.write_jsonl(tmp_path / "jsonl", 100_000, file_bytes=30_000)
+    data_pipeline.write_text_files(tmp_path / "text", 100_000)
+    train = list((tmp_path / "jsonl").glob("train_*.jsonl"))
+    assert len(train) > 1 and sum(p.stat().st_size for p in train) >= 100_000  # files of whole documents
+    for source in (
+        data_pipeline._jsonl_source(tmp_path / "jsonl"),
+        data_pipeline._text_source(tmp_path / "text"),
+    ):
+        config = DataConfig(sequence_length=64, batch_size=4, source=source)
+        assert data_pipeline.pipeline_tokens_per_second(config, seconds=0.2) > 0

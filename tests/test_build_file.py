@@ -28,6 +28,7 @@ THIRD_PARTY = {
     "packaging": "packaging",
     "pytest": "pytest",
     "safetensors": "safetensors",
+    "sentencepiece": "sentencepiece",
     "seqio": "seqio",
     "tensorboard": "tensorboard",
     "tensorboardX": "tensorboardX",

@@ -67,6 +67,12 @@ BAD_INPUT = {
     "no experiment": ([], "Name an experiment: --fdl_config=experiments.NAME"),
     "path typo": ([TINY, "--fdl.model.config.num_block=8"], "did you mean `num_blocks`"),
     "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there is 1 device."),
+    "sequence too long": ([TINY, "--fdl.data.sequence_length=100000"], "do not fit in the validation split"),
+    "glob matches nothing": ([TINY, "--fiddler=text_files('/no/such/dir/*.txt')"], "matches no files"),
+    "vocabulary file missing": (
+        [TINY, "--fdl.data.vocabulary.sentencepiece_model=/no/such.model"],
+        "does not exist; train one with",
+    ),
 }
 
 

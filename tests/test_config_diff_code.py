@@ -114,6 +114,6 @@ def test_a_fiddler_file_without_its_function_is_refused_in_one_line(tmp_path):
 def test_a_change_codegen_cannot_write_leaves_a_note_not_wrong_code():
     """An object with no source form (here a bare object()) cannot be written as code."""
     cfg = experiments.tiny()
-    cfg.data.corpus_dir = object()
+    cfg.data.source.root = object()
     code = diff.as_code(experiments.tiny(), cfg, base_flag="--fdl_config=experiments.tiny")
     assert "could not reproduce" in code and "def config_diff" not in code

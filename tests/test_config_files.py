@@ -100,10 +100,10 @@ def test_files_that_are_not_configs_get_one_line(tmp_path):
         ("model.config.head_dim", 12, "not divisible by head_dim=12"),
         ("model.config.parallel.data_axis_size", 2, "multiply to 2, but there is 1 device"),
         ("optimizer.warmup_steps", 50, "lower optimizer.warmup_steps below trainer.num_train_steps"),
-        ("data.sequence_length", 100_000, "lower data.sequence_length or data.batch_size"),
+        ("data.sequence_length", 1_000_000, "lower data.sequence_length or data.batch_size"),
         ("data.num_eval_batches", 10_000, "lower data.num_eval_batches to at most"),
         ("model.config.attention_backend", "cudnn", "needs a GPU"),
-        ("model.config.vocab_size", 100, "smaller than the data's vocabulary"),
+        ("model.config.vocab_size", 100, "vocab_size=100 but data.vocabulary has 259 ids"),
         ("model.config.num_blocks", "eight", "takes an int"),
     ],
 )

@@ -31,7 +31,7 @@ def test_values_are_parsed_by_the_annotation_they_set():
         ("set", "model.config.theta=5e5"),
         ("set", "model.config.qk_norm=true"),
         ("set", "model.config.logits_soft_cap=None"),
-        ("set", "data.corpus_dir=''"),
+        ("set", "data.source.root=''"),
         ("set", "optimizer.peak_learning_rate=1"),  # an int where a float is annotated
     ).cfg
     assert cfg.model.config.dtype == "bfloat16" and cfg.model.config.theta == 5e5
@@ -44,7 +44,7 @@ def test_values_are_parsed_by_the_annotation_they_set():
     [
         ("model.config.num_block=3", "has no parameter `num_block`; did you mean `num_blocks`"),
         ("model.confg.num_blocks=3", "has no parameter `confg`; did you mean `config`"),
-        ("model.config.vocab_size.x=3", "`model.config.vocab_size` is 259, not a config"),
+        ("model.config.num_blocks.x=3", "`model.config.num_blocks` is 2, not a config"),
         ("model.config.num_blocks=eight", "`eight` is not an int, which this setting takes (it is 2 now)"),
         ("model.config.num_blocks='eight'", "LlamaConfig.num_blocks takes an int, not a str"),
         ("model.config.num_blocks=2.5", "LlamaConfig.num_blocks takes an int, not a float"),

@@ -31,10 +31,14 @@ from llama_fdl.train.config import Experiment  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden"
 REGENERATE = "python tests/test_experiments.py --write-golden"
-
-
-FIDDLER_ARGS = {"long_context": {"sequence_length": 256}}
-"""Arguments for fiddlers whose defaults do not fit tiny (512 tokens per batch, not 1024)."""
+FIDDLER_ARGS = {
+    "long_context": {"sequence_length": 256},
+    "text_files": {"files": "corpus/*.txt"},
+    "jsonl": {"files": "data/*.jsonl"},
+    "seqio_task": {"name": "my_task"},
+}
+"""Arguments for the fiddlers that need some (data sources: the graphs are built here, never
+read), or whose defaults do not fit tiny (long_context: 512 tokens per batch, not 1024)."""
 
 
 def golden_texts() -> dict[str, str]:

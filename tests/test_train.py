@@ -1,5 +1,6 @@
 """The whole path through the launcher: train, TensorBoard scalars, checkpoints, resume after a
-kill, resume in place on another mesh."""
+kill (of a run on the stdlib corpus, on JSONL files and on a mixture), resume in place on another
+mesh."""
 
 import os
 import shutil
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from data_corpora import write_jsonl_corpus, write_mixture_corpus
 from launcher import accumulator, checkpoint_steps, launch, scalars, start
 
 from llama_fdl.cli import safe_load
@@ -47,9 +49,21 @@ def test_rerunning_a_finished_run_trains_nothing(tiny_run):
     assert "step " not in again.stdout.replace("step 20", "")
 
 
-def test_killed_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tmp_path):
+def _experiment(root, source: str) -> str:
+    """--fdl_config for tiny on the stdlib corpus, a JSONL corpus or a 2-component mixture."""
+    if source == "stdlib":
+        return "--fdl_config=experiments.tiny"
+    if source == "jsonl":
+        write_jsonl_corpus(root)
+    else:
+        write_mixture_corpus(root)
+    return f"--fdl_config=tests.data_corpora.tiny_{source}('{root}')"
+
+
+@pytest.mark.parametrize("source", ["stdlib", "jsonl", "mixture"])
+def test_killed_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tmp_path, source):
     args = [
-        "--fdl_config=experiments.tiny",
+        _experiment(tmp_path / "corpus", source),
         "--fdl.trainer.num_train_steps=150",
         "--fdl.trainer.eval_every=150",
         "--fdl.trainer.log_every=1",
@@ -79,7 +93,10 @@ def test_killed_run_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tm
     assert [e.step for e in accumulator(workdir).Scalars("train/loss")] == list(range(1, 151))
     for step in range(killed_at[-1] + 1, 151):
         assert got["train/loss"][step] == expected["train/loss"][step], f"step {step} differs"
-    assert got["eval/loss"][150] == expected["eval/loss"][150]
+    evals = sorted(tag for tag in expected if tag.startswith("eval/"))
+    assert all(got[tag][150] == expected[tag][150] for tag in evals), evals
+    if source == "mixture":  # each component is evaluated on its own validation split too
+        assert {"eval/jsonl/loss", "eval/text/loss", "eval/jsonl/bits_per_byte"} <= set(evals)
 
 
 RELAYOUT_RTOL = 1e-4

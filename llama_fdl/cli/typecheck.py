@@ -78,7 +78,9 @@ def accepts(ann: Any, value: Any) -> bool:
     if origin is typing.Literal:
         return any(value == a and type(value) is type(a) for a in typing.get_args(ann))
     if isinstance(value, fdl.Buildable):
-        return ann not in _SCALARS
+        # A config stands in for a scalar only if its function says it returns one (a size derived
+        # from a vocabulary, say).
+        return ann not in _SCALARS or _hints(fdl.get_callable(value)).get("return") is ann
     if ann is bool:
         return isinstance(value, bool)
     if ann is int:

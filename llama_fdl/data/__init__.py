@@ -1,1 +1,6 @@
-"""Data: the stdlib corpus, its seqio Task and packed batches, and data-iterator checkpoints."""
+"""Data: sources (the stdlib corpus, text and JSONL files, seqio Tasks and Mixtures, mixtures),
+vocabularies, streamed and packed batches, the launch-time check, and data-iterator checkpoints.
+
+`config`, `sources`, `vocabulary` and `tokenizer` import no TensorFlow; the rest does (see
+docs/DATA.md).
+"""

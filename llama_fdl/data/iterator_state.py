@@ -14,10 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from llama_fdl import console
-
-with console.quiet_stderr():  # TensorFlow's C++ start-up lines (see llama_fdl/console.py)
-    import tensorflow as tf
+from llama_fdl.data.quiet_import import tf
 
 
 def _prefix(directory: epath.Path) -> str:

@@ -29,17 +29,22 @@ from flax import linen as nn
 
 from llama_fdl.model.attention_backends import attend, masked_attention
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.initializers import Role, kernel_initializer
 from llama_fdl.model.kv_cache import KV_AXES, KVCache
 from llama_fdl.model.norm import RMSNorm
+from llama_fdl.model.remat import remat_sublayer
 from llama_fdl.model.rotary import apply_rotary, rotary_angles
 
 RESIDUAL_AXES = ("batch", "length", "embed")
 HEAD_AXES = ("batch", "length", "heads", "head_dim")
 MLP_AXES = ("batch", "length", "mlp")
+INTERMEDIATES = "intermediates"
+"""The collection the blocks sow their output statistics into (apply with mutable=[INTERMEDIATES])."""
 
 
-def _kernel_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
-    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+def _kernel_init(cfg: LlamaConfig, role: Role, names: tuple[str, ...]) -> nn.initializers.Initializer:
+    init = kernel_initializer(cfg, role, nn.initializers.lecun_normal())
+    return nn.with_logical_partitioning(init, names)
 
 
 class HeadsDense(nn.Module):
@@ -57,13 +62,15 @@ class HeadsDense(nn.Module):
     bias_axes: tuple[str, ...]
     use_bias: bool
     dtype: jnp.dtype
+    kernel_init: nn.initializers.Initializer | None = None
+    """None: lecun normal with the fan-in taken over all contracted axes."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = self.num_contracted
         contracted, leading = x.shape[-n_in:], x.shape[:-n_in]
         # lecun_normal with the fan-in taken over all contracted axes, as for a flattened kernel.
-        init = nn.initializers.variance_scaling(
+        init = self.kernel_init or nn.initializers.variance_scaling(
             1.0,
             "fan_in",
             "truncated_normal",
@@ -117,6 +124,11 @@ class SelfAttentionBlock(nn.Module):
         cfg = self.config
         dtype = cfg._dtype
         batch, seq_len, _ = x_BSD.shape
+        if isinstance(pos_BS, tuple | list):
+            raise ValueError(
+                "SelfAttentionBlock takes [B, S] positions, not xlstm-jax's precomputed (sin, cos) "
+                "freqs; pass pos_idx and the rotary angles are computed inside."
+            )
         if pos_BS is None:
             pos_BS = default_positions(batch, seq_len)
 
@@ -126,6 +138,7 @@ class SelfAttentionBlock(nn.Module):
             num_contracted=1,
             use_bias=cfg.use_bias or cfg.qkv_bias,
             dtype=dtype,
+            kernel_init=kernel_initializer(cfg, "input", None),
         )
         query = project(
             features=(cfg.num_heads, cfg.head_dim),
@@ -176,9 +189,11 @@ class SelfAttentionBlock(nn.Module):
             bias_axes=("embed",),
             use_bias=cfg.use_bias,
             dtype=dtype,
+            kernel_init=kernel_initializer(cfg, "residual_output", None),
             name="out",
         )(o_BSNH)
         out_BSD = _dropout(cfg, self.train, out_BSD)
+        _record(self, "attn_out", out_BSD)
         return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
 
 
@@ -203,7 +218,7 @@ class FFNBlock(nn.Module):
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("embed", "mlp")),
+            kernel_init=_kernel_init(cfg, "input", ("embed", "mlp")),
             bias_init=_bias_init(("mlp",)),
         )
         gate_TF = widen(name="gate")(h_TD)
@@ -215,11 +230,12 @@ class FFNBlock(nn.Module):
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=jnp.float32,
-            kernel_init=_kernel_init(("mlp", "embed")),
+            kernel_init=_kernel_init(cfg, "residual_output", ("mlp", "embed")),
             bias_init=_bias_init(("embed",)),
             name="down",
         )(hidden_TF)
         out_BSD = _dropout(cfg, self.train, out_TD.reshape(x_BSD.shape))
+        _record(self, "ffn_out", out_BSD)
         return nn.with_logical_constraint(x_BSD + out_BSD, RESIDUAL_AXES)
 
 
@@ -237,9 +253,11 @@ class TransformerBlock(nn.Module):
         pos_BS: jax.Array | None = None,
         segment_ids_BS: jax.Array | None = None,
     ) -> jax.Array:
-        attention = SelfAttentionBlock(self.config, self.train, self.decode, name="attention")
-        x_BSD = attention(x_BSD, pos_BS, segment_ids_BS)
-        return FFNBlock(self.config, self.train, name="ffn")(x_BSD)
+        cfg = self.config
+        attention_cls = remat_sublayer(SelfAttentionBlock, "attention", cfg, self.decode)
+        x_BSD = attention_cls(cfg, self.train, self.decode, name="attention")(x_BSD, pos_BS, segment_ids_BS)
+        ffn_cls = remat_sublayer(FFNBlock, "ffn", cfg, self.decode)
+        return ffn_cls(cfg, self.train, name="ffn")(x_BSD)
 
 
 def _dropout(cfg: LlamaConfig, train: bool, x: jax.Array) -> jax.Array:
@@ -247,3 +265,14 @@ def _dropout(cfg: LlamaConfig, train: bool, x: jax.Array) -> jax.Array:
     if not train or cfg.dropout_rate == 0.0:
         return x
     return nn.Dropout(rate=cfg.dropout_rate, deterministic=False)(x)
+
+
+def _record(module: nn.Module, prefix: str, out_BSD: jax.Array) -> None:
+    """Sows xlstm-jax's statistics of a sub-layer's output (before the residual add): the std over
+    D averaged over tokens, and the largest |value|. Only when "intermediates" is mutable, so a
+    normal step traces nothing extra."""
+    if not module.is_mutable_collection(INTERMEDIATES):
+        return
+    out_BSD = out_BSD.astype(jnp.float32)
+    module.sow(INTERMEDIATES, f"{prefix}_std", jnp.std(out_BSD, axis=-1).mean())
+    module.sow(INTERMEDIATES, f"{prefix}_abs_max", jnp.max(jnp.abs(out_BSD)))

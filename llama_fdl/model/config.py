@@ -19,12 +19,14 @@ import jax.numpy as jnp
 # Each choice is spelled once, here; the tuples are derived, and the command line's type check
 # reads the Literals (so a typo there gets the nearest valid name).
 AttentionBackend = Literal["xla", "pallas_triton", "cudnn"]
-RematPolicy = Literal["none", "full", "dots_saveable"]
+InitScheme = Literal["lecun", "small_wang"]
+RematPolicy = Literal["none", "full", "dots_saveable", "attention", "ffn", "attention_and_ffn"]
 ComputeDType = Literal["float32", "bfloat16", "float16"]
 
 ATTENTION_BACKENDS: tuple[str, ...] = typing.get_args(AttentionBackend)
 REMAT_POLICIES: tuple[str, ...] = typing.get_args(RematPolicy)
 COMPUTE_DTYPES: tuple[str, ...] = typing.get_args(ComputeDType)
+INIT_SCHEMES: tuple[str, ...] = typing.get_args(InitScheme)
 
 
 @dataclasses.dataclass
@@ -46,7 +48,9 @@ class ParallelConfig:
     fsdp_min_weight_size: int = 2**18
     """Parameters with fewer elements than this stay replicated instead of FSDP-sharded."""
     remat: RematPolicy = "none"
-    """Rematerialization of each transformer block: none, full, or dots_saveable."""
+    """What each block recomputes in the backward pass: none; the whole block (full, or
+    dots_saveable keeping matmul outputs); or only its attention, only its ffn, or each of
+    attention_and_ffn on its own (see llama_fdl.model.remat)."""
 
     def __post_init__(self) -> None:
         if self.remat not in REMAT_POLICIES:
@@ -113,8 +117,8 @@ class LlamaConfig:
     """Base of the rotary position frequencies."""
     ffn_multiple_of: int = 64
     """The feed-forward hidden width is rounded up to a multiple of this."""
-    ffn_dim_multiplier: float = 1.0
-    """Multiplier on the default feed-forward hidden width of 8/3 * embedding_dim."""
+    ffn_dim_multiplier: float | None = 1.0
+    """Multiplier on the default feed-forward hidden width of int(8/3 * embedding_dim); None: none."""
     use_bias: bool = False
     """Add biases to the linear projections."""
     scan_blocks: bool = True
@@ -143,6 +147,9 @@ class LlamaConfig:
     """Biases on the query, key and value projections only (Qwen2); use_bias puts them everywhere."""
     tie_embeddings: bool = False
     """The LM head is the transposed embedding table (no separate head weights, no head bias)."""
+    init_scheme: InitScheme = "lecun"
+    """Initial weights: lecun (std 1/sqrt(fan_in)) or small_wang (xlstm-jax's small and wang init;
+    see llama_fdl.model.initializers)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -173,8 +180,11 @@ class LlamaConfig:
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"LlamaConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
-        if self.ffn_dim_multiplier <= 0:
-            raise ValueError(f"LlamaConfig.ffn_dim_multiplier={self.ffn_dim_multiplier} must be > 0.")
+        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
+            raise ValueError(
+                f"LlamaConfig.ffn_dim_multiplier={self.ffn_dim_multiplier} must be > 0, "
+                "or None for no multiplier."
+            )
         if self.theta <= 0:
             raise ValueError(f"LlamaConfig.theta={self.theta} must be > 0.")
         if self.logits_soft_cap is not None and self.logits_soft_cap <= 0:
@@ -189,6 +199,8 @@ class LlamaConfig:
             )
         if not self.norm_eps > 0:
             raise ValueError(f"LlamaConfig.norm_eps={self.norm_eps} must be > 0.")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(f"LlamaConfig.init_scheme={self.init_scheme!r} is not one of {INIT_SCHEMES}.")
         if self.tie_embeddings and self.use_bias:
             raise ValueError(
                 "LlamaConfig.tie_embeddings=True leaves the LM head without the bias that use_bias=True "
@@ -225,9 +237,8 @@ class LlamaConfig:
 
     @property
     def ffn_hidden_dim(self) -> int:
-        """8/3 * embedding_dim * ffn_dim_multiplier, rounded up to ffn_multiple_of."""
-        hidden = int(8 * self.embedding_dim / 3 * self.ffn_dim_multiplier)
-        return self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
+        """The SwiGLU hidden width F (see `ffn_width`)."""
+        return ffn_width(self.embedding_dim, self.ffn_dim_multiplier, self.ffn_multiple_of)
 
     @property
     def _dtype(self) -> jnp.dtype:
@@ -236,6 +247,19 @@ class LlamaConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def ffn_width(embedding_dim: int, multiplier: float | None, multiple_of: int) -> int:
+    """Meta's Llama and xlstm-jax's SwiGLU width: int(8D/3), times the multiplier and truncated
+    again, rounded up to `multiple_of`.
+
+    Truncating before the multiplier matters: D=88, multiplier 1.3, multiple 16 gives 304, where
+    int(8D/3 * 1.3) would give 305 and round up to 320.
+    """
+    hidden = int(8 * embedding_dim / 3)
+    if multiplier is not None:
+        hidden = int(hidden * multiplier)
+    return multiple_of * math.ceil(hidden / multiple_of)
 
 
 def _divisors_near(n: int, target: int) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ import numpy as np
 from flax import linen as nn
 
 from llama_fdl import extras
-from llama_fdl.model.config import ARCHITECTURE_FIELDS, LlamaConfig, RopeScaling
+from llama_fdl.model.config import ARCHITECTURE_FIELDS, LlamaConfig, RopeScaling, ffn_width
 from llama_fdl.model.stack import scanned_to_unrolled_params, unrolled_to_scanned_params
 
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -329,11 +328,11 @@ def _rope_parameters(hf_config: Any) -> dict[str, Any]:
 def _ffn_sizing(d: int, hidden: int) -> tuple[int, float]:
     """(ffn_multiple_of, ffn_dim_multiplier) that make LlamaConfig.ffn_hidden_dim == hidden."""
     for multiple_of in (64, 128, 256, 512, 1024, 2048, 4096):
-        if multiple_of * math.ceil(int(8 * d / 3) / multiple_of) == hidden:
+        if ffn_width(d, 1.0, multiple_of) == hidden:
             return multiple_of, 1.0
     # Otherwise round to a multiple of `hidden` itself from a multiplier that lands in (0, hidden].
     multiplier = hidden / (8 * d / 3)
-    if hidden * math.ceil(int(8 * d / 3 * multiplier) / hidden) != hidden:
+    if ffn_width(d, multiplier, hidden) != hidden:
         raise ValueError(f"No ffn sizing of LlamaConfig gives intermediate_size={hidden} for d={d}.")
     return hidden, multiplier
 

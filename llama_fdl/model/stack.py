@@ -18,26 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from llama_fdl.model.blocks import TransformerBlock
+from llama_fdl.model.blocks import INTERMEDIATES, TransformerBlock
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.masks import resolve_segment_ids
+from llama_fdl.model.remat import remat_block
 
 SCANNED_NAME = "blocks"
 LAYERS_AXIS = "layers"
 _UNROLLED_NAME = re.compile(r"^block_(\d+)$")
-
-_REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole block in the backward pass
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-}
-
-
-def _block_class(config: LlamaConfig, decode: bool) -> type[nn.Module]:
-    remat = config.parallel.remat
-    if remat == "none" or decode:  # decoding has no backward pass to save memory for
-        return TransformerBlock
-    # Under scan, XLA cannot merge recomputation across iterations, so CSE prevention only
-    # costs time there (the flax docs recommend prevent_cse=False with scan).
-    return nn.remat(TransformerBlock, policy=_REMAT_POLICIES[remat], prevent_cse=not config.scan_blocks)
 
 
 def _scan_body(block: nn.Module, x_BSD, pos_BS, segment_ids_BS):
@@ -45,7 +33,11 @@ def _scan_body(block: nn.Module, x_BSD, pos_BS, segment_ids_BS):
 
 
 class TransformerBlockStack(nn.Module):
-    """`config.num_blocks` TransformerBlocks applied in order."""
+    """`config.num_blocks` TransformerBlocks applied in order.
+
+    The positional arguments are xlstm-jax's (`x, pos_idx, document_borders, train`), so a call
+    written for its stack means the same here; seqio's integer segment ids are keyword-only.
+    """
 
     config: LlamaConfig
 
@@ -53,13 +45,36 @@ class TransformerBlockStack(nn.Module):
     def __call__(
         self,
         x_BSD: jax.Array,
-        pos_BS: jax.Array | None = None,
-        segment_ids_BS: jax.Array | None = None,
+        pos_idx: jax.Array | None = None,
+        document_borders: jax.Array | None = None,
         train: bool = False,
+        *,
+        segment_ids: jax.Array | None = None,
         decode: bool = False,
     ) -> jax.Array:
+        """x_BSD through the blocks.
+
+        Args:
+          pos_idx: [B, S] int rotary positions; default 0..S-1 per row.
+          document_borders: [B, S] bool, True at each document's first token (xlstm-jax's
+            convention); turned into segment ids only with `mask_across_document_boundaries`,
+            as `LlamaTransformer` does.
+          segment_ids: [B, S] int ids that attention respects as given (equal ids see each
+            other); when decoding, 0 marks padding.
+        """
         cfg = self.config
-        block_cls = _block_class(cfg, decode)
+        if segment_ids is not None and jnp.issubdtype(segment_ids.dtype, jnp.bool_):
+            raise ValueError(
+                "TransformerBlockStack got boolean segment_ids; True-at-document-start flags are "
+                "document_borders (the third positional argument), segment ids are integers."
+            )
+        if document_borders is not None:
+            if decode:
+                raise ValueError("Decoding takes segment_ids, not document_borders; convert them first.")
+            masking = cfg.mask_across_document_boundaries
+            segment_ids = resolve_segment_ids(segment_ids, document_borders, masking)
+        pos_BS, segment_ids_BS = pos_idx, segment_ids
+        block_cls = remat_block(TransformerBlock, cfg, decode)
         if not cfg.scan_blocks:
             for i in range(cfg.num_blocks):
                 x_BSD = block_cls(cfg, train, decode, name=f"block_{i}")(x_BSD, pos_BS, segment_ids_BS)
@@ -67,7 +82,7 @@ class TransformerBlockStack(nn.Module):
         scan = nn.scan(
             _scan_body,
             # Each layer's KV cache is stacked along the same leading axis as its parameters.
-            variable_axes={"params": 0, "cache": 0},
+            variable_axes={"params": 0, "cache": 0, INTERMEDIATES: 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_blocks,
@@ -75,6 +90,22 @@ class TransformerBlockStack(nn.Module):
         )
         x_BSD, _ = scan(block_cls(cfg, train, decode, name=SCANNED_NAME), x_BSD, pos_BS, segment_ids_BS)
         return x_BSD
+
+
+def per_block_intermediates(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """`{"block_{i}/attn_out_std": scalar, ...}` from a LlamaTransformer's "intermediates"
+    collection, scanned (values stacked along the layers) or unrolled."""
+    stack = intermediates["block_stack"]
+    out = {}
+    if SCANNED_NAME in stack:
+        for part in stack[SCANNED_NAME].values():
+            for name, (values_L,) in part.items():
+                out.update({f"block_{i}/{name}": values_L[i] for i in range(values_L.shape[0])})
+        return out
+    for block, parts in stack.items():
+        for part in parts.values():
+            out.update({f"{block}/{name}": value for name, (value,) in part.items()})
+    return out
 
 
 def scanned_to_unrolled_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from llama_fdl.model.blocks import RESIDUAL_AXES, default_positions
 from llama_fdl.model.config import LlamaConfig
+from llama_fdl.model.initializers import kernel_initializer
 from llama_fdl.model.masks import resolve_segment_ids
 from llama_fdl.model.norm import RMSNorm
 from llama_fdl.model.stack import TransformerBlockStack
@@ -78,7 +79,9 @@ class LlamaTransformer(nn.Module):
             dtype=cfg._dtype,
             param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
+                kernel_initializer(
+                    cfg, "embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+                ),
                 ("vocab", "embed"),
             ),
             name="embed",
@@ -89,7 +92,7 @@ class LlamaTransformer(nn.Module):
         x_BSD = nn.with_logical_constraint(x_BSD, RESIDUAL_AXES)
 
         stack = TransformerBlockStack(cfg, name="block_stack")
-        x_BSD = stack(x_BSD, pos_BS, segment_ids_BS, train, decode)
+        x_BSD = stack(x_BSD, pos_BS, train=train, segment_ids=segment_ids_BS, decode=decode)
         x_BSD = RMSNorm(dtype=cfg._dtype, eps=cfg.norm_eps, name="final_norm")(x_BSD)
         # A 2-D matmul over the flattened tokens, as in the blocks (see llama_fdl.model.blocks).
         x_TD = x_BSD.reshape(batch * seq_len, cfg.embedding_dim)
@@ -101,7 +104,9 @@ class LlamaTransformer(nn.Module):
                 use_bias=cfg.use_bias,
                 dtype=cfg._dtype,
                 param_dtype=jnp.float32,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                kernel_init=nn.with_logical_partitioning(
+                    kernel_initializer(cfg, "head", nn.initializers.lecun_normal()), ("embed", "vocab")
+                ),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                 name="lm_head",
             )(x_TD)

@@ -155,8 +155,10 @@ def compile_train_step(
     seed: int = 0,
     num_microbatches: int = 1,
     skip_nonfinite: bool = False,
+    with_intermediates: bool = False,
 ) -> CompiledStep:
-    """The loop's train step compiled ahead of time for these shapes on `mesh`."""
+    """The loop's train step compiled ahead of time for these shapes on `mesh` (with
+    `with_intermediates`, the one that also returns the blocks' intermediates)."""
     state, batch, shardings = abstract_inputs(
         model, tx, mesh, batch_size=batch_size, sequence_length=sequence_length, seed=seed
     )
@@ -168,6 +170,7 @@ def compile_train_step(
         shardings,
         num_microbatches=num_microbatches,
         skip_nonfinite=skip_nonfinite,
+        with_intermediates=with_intermediates,
     )
     start = time.perf_counter()
     stop_flags = jax.ShapeDtypeStruct((mesh.size,), jnp.int32, sharding=preemption.flag_sharding(mesh))

@@ -36,6 +36,10 @@ class TrainerConfig:
     sample_every: int = 0
     """Write continuations of validation prompts to TensorBoard's text tab every this many steps;
     0 turns samples off."""
+    log_intermediates_every: int = 0
+    """Write each block's attn_out_std, attn_out_abs_max, ffn_out_std and ffn_out_abs_max (as
+    xlstm-jax's trainer logs them) to TensorBoard every this many steps; 0 never records them.
+    Those steps run a second compiled step that also returns them; the others are unchanged."""
     init_from: str | None = None
     """Start from these weights instead of random ones: "hf:DIR" (an HF Llama/Mistral/Qwen2
     directory) or "run:DIR" / "run:DIR@STEP" (another run's parameters; its optimizer state and
@@ -45,6 +49,10 @@ class TrainerConfig:
         for name in ("num_train_steps", "eval_every", "log_every", "num_microbatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)} must be a positive integer.")
+        if self.log_intermediates_every < 0:
+            raise ValueError(
+                f"trainer.log_intermediates_every={self.log_intermediates_every} must be >= 0 (0: never)."
+            )
         if self.sample_every < 0:
             raise ValueError(f"trainer.sample_every={self.sample_every} must be >= 0 (0: no samples).")
         if self.init_from is not None:
@@ -70,10 +78,10 @@ class Experiment:
         """Cross-part checks that no single part can make; raises ValueError naming the fix."""
         model_config = self.model.config
         vocab = self.data.vocabulary_size
-        if model_config.vocab_size < vocab:
+        if model_config.vocab_size != vocab:
             raise ValueError(
-                f"model.config.vocab_size={model_config.vocab_size} is smaller than the data's "
-                f"vocabulary ({vocab} ids); set it to at least {vocab}."
+                f"model.config.vocab_size={model_config.vocab_size} but data.vocabulary has {vocab} ids; "
+                f"let vocab_size follow the vocabulary as the builders derive it, or set it to {vocab}."
             )
         # Building the optimizer checks the schedule against the run length (warmup < steps).
         self.optimizer(self.trainer.num_train_steps)

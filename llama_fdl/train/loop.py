@@ -42,20 +42,28 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf and the run was stopped."""
 
 
-def evaluate(eval_fn, params, batches: list[dict]) -> dict[str, float]:
-    """Loss and accuracy over the fixed eval batches, weighted by non-padding tokens."""
-    totals = None
-    for batch in batches:
-        stats = eval_fn(params, batch)
-        totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
-    totals = jax.device_get(totals)
-    weight = max(float(totals["weight_sum"]), 1.0)
-    loss = float(totals["loss_sum"]) / weight
-    return {
-        "eval/loss": loss,
-        "eval/perplexity": float(np.exp(loss)),
-        "eval/accuracy": float(totals["correct_sum"]) / weight,
-    }
+def evaluate(eval_fn, params, eval_sets: list[tuple[str, list[dict]]]) -> dict[str, float]:
+    """Loss, accuracy and bits per byte over each fixed eval set, weighted by non-padding tokens.
+
+    Bits per byte are the summed nats over the UTF-8 bytes the target tokens decode to, / ln 2,
+    so runs with different vocabularies compare on one axis. Each set's metrics are named with
+    its prefix (`eval/`, or `eval/<component>/` for a mixture's components).
+    """
+    metrics = {}
+    for prefix, batches in eval_sets:
+        totals = None
+        for batch in batches:
+            stats = eval_fn(params, batch)
+            totals = stats if totals is None else jax.tree.map(lambda a, b: a + b, totals, stats)
+        totals = jax.device_get(totals)
+        weight = max(float(totals["weight_sum"]), 1.0)
+        loss = float(totals["loss_sum"]) / weight
+        metrics[f"{prefix}loss"] = loss
+        metrics[f"{prefix}perplexity"] = float(np.exp(loss))
+        metrics[f"{prefix}accuracy"] = float(totals["correct_sum"]) / weight
+        nats_per_byte = float(totals["loss_sum"]) / max(float(totals["byte_sum"]), 1.0)
+        metrics[f"{prefix}bits_per_byte"] = nats_per_byte / np.log(2)
+    return metrics
 
 
 def train(
@@ -113,11 +121,13 @@ def _train(
     flag_sh = preemption.flag_sharding(mesh)
 
     with startup.phase("Loading the eval batches"):
-        local_eval_batches = pipeline.eval_batches(data)
-        eval_batches = [pipeline.to_global(b, batch_sh) for b in local_eval_batches]
+        local_eval_sets = pipeline.eval_sets(data)
+        eval_sets = [
+            (s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in local_eval_sets
+        ]
     samples = None
-    if trainer.sample_every:
-        samples = generate.TrainingSamples(model, data, local_eval_batches[0], trainer.seed)
+    if trainer.sample_every:  # prompts from the source's own validation split (a mixture's whole)
+        samples = generate.TrainingSamples(model, data, local_eval_sets[0].batches[0], trainer.seed)
     manager = ckpt.make_manager(workdir / "checkpoints", trainer.checkpoint)
     meta = ckpt.metadata(config_json)
 
@@ -161,9 +171,10 @@ def _train(
         (workdir / "sharding.txt").write_text(layout + "\n")
 
     # --- Compile -------------------------------------------------------------------------
-    step_fn = None  # a finished run has no step to compile
+    step_fn = intermediates_step_fn = None  # a finished run has no step to compile
     if start < total_steps:
-        compiled = aot.compile_train_step(
+        compile_step = functools.partial(
+            aot.compile_train_step,
             model,
             tx,
             schedule,
@@ -174,10 +185,19 @@ def _train(
             num_microbatches=trainer.num_microbatches,
             skip_nonfinite=trainer.skip_nonfinite_steps,
         )
+        compiled = compile_step()
         _say(compiled.describe())
         step_fn = compiled.step
+        if trainer.log_intermediates_every:
+            # A second program for the recording steps, compiled now so no step window times it;
+            # the other steps keep the first, which computes no intermediates.
+            compiled = compile_step(with_intermediates=True)
+            _say(f"With intermediates: {compiled.describe()}")
+            intermediates_step_fn = compiled.step
+    byte_lengths_V = jax.numpy.asarray(data.vocabulary.byte_lengths())
     eval_fn = jax.jit(
-        functools.partial(eval_step, model=model, mesh=mesh), in_shardings=(shardings.params, batch_sh)
+        functools.partial(eval_step, model=model, mesh=mesh, byte_lengths_V=byte_lengths_V),
+        in_shardings=(shardings.params, batch_sh),
     )
     tokens_per_step = data.batch_size * data.sequence_length
 
@@ -192,6 +212,9 @@ def _train(
         nonlocal window_start, window_steps, skipped, agreed_stop
         values = jax.device_get(device_metrics)
         agreed_stop = agreed_stop or int(values.pop("stop/signal"))
+        intermediates = {k: values.pop(k) for k in list(values) if k.startswith("intermediates/")}
+        if intermediates:  # each block's, at this step only: not averaged with other steps
+            writer.scalars(step, intermediates)
         if values.pop("train/nonfinite") > 0:
             if not trainer.skip_nonfinite_steps:
                 raise NonFiniteLoss(step, float(values["train/loss"]), float(values["opt/grad_norm"]))
@@ -229,8 +252,12 @@ def _train(
             done = step + 1
             if options.profile_steps and done == options.profile_steps[0]:
                 jax.profiler.start_trace(str(workdir))
-            batch = pipeline.to_global(next(train_iter), batch_sh)
-            state, device_metrics = step_fn(state, batch, stop.flags(flag_sh))
+            batch = pipeline.to_global(pipeline.next_batch(train_iter), batch_sh)
+            every = trainer.log_intermediates_every
+            recording = every and done % every == 0
+            state, device_metrics = (intermediates_step_fn if recording else step_fn)(
+                state, batch, stop.flags(flag_sh)
+            )
             if pending is not None:
                 finish_step(*pending)
             pending = (done, device_metrics)
@@ -247,9 +274,9 @@ def _train(
                 finish_step(*pending)  # a NaN must be caught before anything is saved
                 pending = None
             if evaluating:
-                last_eval = evaluate(eval_fn, state.params, eval_batches)
+                last_eval = evaluate(eval_fn, state.params, eval_sets)
                 writer.scalars(done, last_eval)
-                _say(f"eval at step {done}: loss {last_eval['eval/loss']:.4f}")
+                _say(_eval_line(done, last_eval))
             if sampling:
                 writer.markdown(done, "samples", samples.markdown(state.params))
             if saving or agreed_stop:
@@ -283,8 +310,9 @@ def _train(
 
     # --- Finish --------------------------------------------------------------------------
     if start >= total_steps:
-        last_eval = evaluate(eval_fn, state.params, eval_batches)
+        last_eval = evaluate(eval_fn, state.params, eval_sets)
         _say(f"Nothing to do: {workdir} already reached step {start}.")
+        _say(_eval_line(start, last_eval))
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         hparams = {**_hparams(experiment), **options.hparams}
         writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]}, total_steps)
@@ -307,6 +335,12 @@ def _newest_trace(workdir: pathlib.Path) -> pathlib.Path | None:
     """The trace jax.profiler just wrote: RUN/plugins/profile/<time>/, where TensorBoard looks."""
     traces = sorted((workdir / "plugins" / "profile").glob("*"), key=lambda p: p.stat().st_mtime)
     return traces[-1] if traces else None
+
+
+def _eval_line(step: int, metrics: dict[str, float]) -> str:
+    return (
+        f"eval at step {step}: loss {metrics['eval/loss']:.4f}, {metrics['eval/bits_per_byte']:.4f} bits/byte"
+    )
 
 
 def _say(message: str) -> None:

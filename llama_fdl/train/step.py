@@ -16,7 +16,9 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llama_fdl import sharding
+from llama_fdl.model.blocks import INTERMEDIATES
 from llama_fdl.model.config import ParallelConfig
+from llama_fdl.model.stack import per_block_intermediates
 from llama_fdl.train import preemption
 from llama_fdl.train.state import TrainState
 
@@ -30,16 +32,29 @@ BATCH_FEATURES = (
 """What a batch holds, each [B, L] int32: seqio's packed decoder features (llama_fdl.data)."""
 
 
-def _forward(model: nn.Module, params, batch: dict, train: bool, rng: jax.Array | None):
+def _forward(
+    model: nn.Module,
+    params,
+    batch: dict,
+    train: bool,
+    rng: jax.Array | None,
+    with_intermediates: bool = False,
+):
+    """Logits, or (logits, the blocks' intermediates per block) with `with_intermediates`."""
     rngs = {"dropout": rng} if rng is not None else None
-    return model.apply(
+    out = model.apply(
         {"params": params},
         batch["decoder_input_tokens"],
         pos_idx=batch["decoder_positions"],
         segment_ids=batch["decoder_segment_ids"],
         train=train,
         rngs=rngs,
+        mutable=[INTERMEDIATES] if with_intermediates else False,
     )
+    if not with_intermediates:
+        return out
+    logits, variables = out
+    return logits, per_block_intermediates(variables[INTERMEDIATES])
 
 
 def _token_stats(logits_BLV: jax.Array, batch: dict) -> dict[str, jax.Array]:
@@ -59,9 +74,14 @@ def _token_stats(logits_BLV: jax.Array, batch: dict) -> dict[str, jax.Array]:
     }
 
 
-def _summed_loss(params, batch: dict, rng: jax.Array, *, model: nn.Module):
-    """Summed (not mean) cross-entropy, so microbatch gradients add up to the full batch's."""
-    stats = _token_stats(_forward(model, params, batch, train=True, rng=rng), batch)
+def _summed_loss(params, batch: dict, rng: jax.Array, *, model: nn.Module, with_intermediates: bool = False):
+    """Summed (not mean) cross-entropy, so microbatch gradients add up to the full batch's; the
+    stats hold the blocks' intermediates under "intermediates" when asked for."""
+    if not with_intermediates:
+        stats = _token_stats(_forward(model, params, batch, train=True, rng=rng), batch)
+        return stats["loss_sum"], stats
+    logits, intermediates = _forward(model, params, batch, train=True, rng=rng, with_intermediates=True)
+    stats = {**_token_stats(logits, batch), "intermediates": intermediates}
     return stats["loss_sum"], stats
 
 
@@ -90,6 +110,7 @@ def loss_and_grads(
     mesh: Mesh,
     num_microbatches: int = 1,
     gather_once: bool = True,
+    with_intermediates: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array], Any]:
     """Mean loss over non-padding tokens, the summed token stats and the gradient of the mean.
 
@@ -99,10 +120,12 @@ def loss_and_grads(
     once, before the scan, instead of once per microbatch (`gather_once=False` leaves them to
     be gathered inside every microbatch, which holds less in memory but moves k times the bytes);
     each microbatch's gradient is reduce-scattered back into the parameters' own layout, so the
-    accumulator stays sharded.
+    accumulator stays sharded. With `with_intermediates` the stats also hold the blocks'
+    intermediates (`per_block_intermediates`), averaged over the microbatches.
     """
     parallel = model.config.parallel
-    grad_fn = jax.grad(functools.partial(_summed_loss, model=model), has_aux=True)
+    loss_fn = functools.partial(_summed_loss, model=model, with_intermediates=with_intermediates)
+    grad_fn = jax.grad(loss_fn, has_aux=True)
     with sharding.logical_axis_scope(mesh, parallel):
         if num_microbatches == 1:
             grads, stats = grad_fn(params, batch, rng)
@@ -135,8 +158,13 @@ def _accumulate(
         return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
 
     zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), own)
-    zero_stats = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
+    first = jax.tree.map(lambda x: x[0], microbatches)
+    zero_stats = jax.tree.map(
+        lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(grad_fn, params, first, rng)[1]
+    )
     (grads, stats), _ = jax.lax.scan(body, (zeros, zero_stats), (microbatches, jnp.arange(num_microbatches)))
+    if "intermediates" in stats:  # statistics of each microbatch, not sums over the batch
+        stats["intermediates"] = jax.tree.map(lambda x: x / num_microbatches, stats["intermediates"])
     return grads, stats
 
 
@@ -151,6 +179,7 @@ def train_step(
     mesh: Mesh,
     num_microbatches: int = 1,
     skip_nonfinite: bool = False,
+    with_intermediates: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on `batch`; returns the new state and scalar metrics.
 
@@ -162,11 +191,20 @@ def train_step(
     and optimizer state holds a NaN/Inf (an infinite learning rate spoils the update even when
     the gradient is fine). With `skip_nonfinite`, such a step leaves params and optimizer state
     unchanged (the step counter still advances, so the data moves on).
+    With `with_intermediates` the metrics also hold "intermediates/block_{i}/NAME" (xlstm-jax's
+    attn_out_std, attn_out_abs_max, ffn_out_std, ffn_out_abs_max of every block).
     """
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     loss, stats, grads = loss_and_grads(
-        state.params, batch, step_rng, model=model, mesh=mesh, num_microbatches=num_microbatches
+        state.params,
+        batch,
+        step_rng,
+        model=model,
+        mesh=mesh,
+        num_microbatches=num_microbatches,
+        with_intermediates=with_intermediates,
     )
+    intermediates = stats.pop("intermediates", {})
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -187,6 +225,7 @@ def train_step(
         # Packed segments are numbered 1..n in each row, so the row maximum counts documents.
         "data/documents_per_batch": jnp.sum(jnp.max(segment_ids_BL, axis=-1)).astype(jnp.float32),
         "train/nonfinite": 1.0 - finite.astype(jnp.float32),
+        **{f"intermediates/{name}": value for name, value in intermediates.items()},
     }
     if stop_D is not None:
         metrics["stop/signal"] = jnp.max(stop_D).astype(jnp.float32)
@@ -203,6 +242,7 @@ def jit_train_step(
     *,
     num_microbatches: int = 1,
     skip_nonfinite: bool = False,
+    with_intermediates: bool = False,
 ):
     """`train_step` jitted as the loop runs it: laid out by the state's and batch's shardings,
     with every device's stop flag (`StopRequest.flags`, so all processes agree on a stop),
@@ -220,6 +260,7 @@ def jit_train_step(
             mesh=mesh,
             num_microbatches=num_microbatches,
             skip_nonfinite=skip_nonfinite,
+            with_intermediates=with_intermediates,
         ),
         in_shardings=(
             state_shardings,
@@ -242,8 +283,19 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def eval_step(params, batch: dict, *, model: nn.Module, mesh: Mesh) -> dict[str, jax.Array]:
-    """Summed statistics of one eval batch (dropout off), to be added up over the eval set."""
+def eval_step(
+    params, batch: dict, *, model: nn.Module, mesh: Mesh, byte_lengths_V: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Summed statistics of one eval batch (dropout off), to be added up over the eval set.
+
+    With `byte_lengths_V` (how many UTF-8 bytes each token id decodes to) also the bytes the
+    target tokens decode to, the denominator of bits per byte.
+    """
     with sharding.logical_axis_scope(mesh, model.config.parallel):
         logits_BLV = _forward(model, params, batch, train=False, rng=None)
-    return _token_stats(logits_BLV, batch)
+    stats = _token_stats(logits_BLV, batch)
+    if byte_lengths_V is not None:
+        weights_BL = batch["decoder_loss_weights"].astype(jnp.float32)
+        bytes_BL = jnp.take(byte_lengths_V, batch["decoder_target_tokens"]).astype(jnp.float32)
+        stats["byte_sum"] = jnp.sum(bytes_BL * weights_BL)
+    return stats
