@@ -13,6 +13,7 @@ from experiments.fiddlers import long_context as long_context
 from experiments.fiddlers import no_scan as no_scan
 from experiments.fiddlers import remat as remat
 from experiments.fiddlers import seqio_task as seqio_task
+from experiments.fiddlers import smoke as smoke
 from experiments.fiddlers import text_files as text_files
 from experiments.fiddlers import xlstm_parallel as xlstm_parallel
 from experiments.llama_1b import llama_1b as llama_1b
@@ -35,5 +36,6 @@ FIDDLERS = (
     "text_files",
     "jsonl",
     "seqio_task",
+    "smoke",
 )
 """Names of the fiddlers."""

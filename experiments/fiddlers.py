@@ -109,3 +109,21 @@ def seqio_task(cfg: fdl.Config, name: str, module: str | tuple[str, ...] = "") -
     cfg.data.source = builders.seqio_task(name)
     if module:
         cfg.data.module = module
+
+
+def smoke(cfg: fdl.Config, steps: int = 4) -> None:
+    """Any experiment at tiny's sizes for `steps` steps: a command line checked end to end in seconds.
+
+    d=32, 2 blocks of head_dim 16, 64-token sequences, batch 8, 2 eval batches, warmup 1, an eval
+    and a checkpoint at the end, no samples; everything else (mesh, dtype, layout, data source)
+    as the experiment has it. Values on the command line still win over it, so a command that sets
+    trainer.num_train_steps itself also needs --fdl.trainer.num_train_steps=STEPS to stay short.
+    tests/test_readme.py runs the README's training commands with both added.
+    """
+    model, data, trainer = cfg.model.config, cfg.data, cfg.trainer
+    model.embedding_dim, model.num_blocks, model.head_dim = 32, 2, 16
+    data.sequence_length, data.batch_size, data.num_eval_batches = 64, 8, 2
+    cfg.optimizer.warmup_steps = 1
+    trainer.num_train_steps = steps
+    trainer.eval_every = trainer.log_every = trainer.checkpoint.every_steps = steps
+    trainer.sample_every = 0

@@ -8,7 +8,9 @@ the others' goes to process_<i>.log in a temporary directory (printed at the sta
 WORKDIR when the run has one at the end, so a launch the run refuses leaves nothing in WORKDIR.
 If any process fails, the rest are stopped and this exits with that process's status, after
 printing the end of its log. --cpu_devices_per_process=K fakes K CPU devices in each process (for trying
-meshes on a laptop); on GPUs leave it unset.
+meshes on a laptop); on GPUs leave it unset. Gloo's `[Gloo] Rank i is connected to ...` lines
+(CPU collectives, printed once per process) are left out of process 0's stream unless
+LLAMA_FDL_VERBOSE=1; the other processes' logs keep them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 _LAUNCH = pathlib.Path(__file__).resolve().with_name("launch.py")
@@ -28,7 +31,11 @@ _REPO = _LAUNCH.parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
+from llama_fdl import console  # noqa: E402  (stdlib only, as run_lock)
 from llama_fdl.run_lock import LOCK_NAME  # noqa: E402  (stdlib only: keeps this launcher light)
+
+GLOO_CHATTER = "[Gloo] "
+"""How Gloo's connection lines start; process 0's stream leaves them out (see the docstring)."""
 
 
 def free_port() -> int:
@@ -54,6 +61,29 @@ def _workdir(launch_args: list[str]) -> pathlib.Path | None:
     return None
 
 
+def _copy_lines(source, sink, drop: str | None) -> None:
+    """Copies a child's stream to ours line by line, leaving out lines that start with `drop`."""
+    for line in source:
+        if drop is None or not line.startswith(drop):
+            sink.write(line)
+            sink.flush()
+
+
+def _start_streamed(
+    command: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen, list[threading.Thread]]:
+    """Process 0, its stdout and stderr copied to ours (without Gloo's chatter unless verbose)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drop = None if console.verbose() else GLOO_CHATTER
+    threads = [
+        threading.Thread(target=_copy_lines, args=(proc.stdout, sys.stdout, drop), daemon=True),
+        threading.Thread(target=_copy_lines, args=(proc.stderr, sys.stderr, drop), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    return proc, threads
+
+
 def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int | None = None) -> int:
     """Starts the processes, waits for all of them; returns 0 or the first failure's status."""
     env = dict(os.environ)
@@ -62,10 +92,11 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
             env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cpu_devices_per_process}"
         ).strip()
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="llama_fdl_local_"))
-    procs, logs = [], {}
+    procs, logs, copiers = [], {}, []
     for i, command in enumerate(commands(num_processes, free_port(), launch_args)):
         if i == 0:
-            procs.append(subprocess.Popen(command, env=env))
+            proc, copiers = _start_streamed(command, env)
+            procs.append(proc)
         else:
             logs[i] = log_dir / f"process_{i}.log"
             with open(logs[i], "w") as log:
@@ -73,6 +104,8 @@ def run(num_processes: int, launch_args: list[str], cpu_devices_per_process: int
     if logs:
         print(f"output of processes 1..{num_processes - 1}: {log_dir}/process_<i>.log", flush=True)
     status = _wait(procs, logs)
+    for t in copiers:
+        t.join()  # process 0 has exited: its last lines are on their way
     _keep_logs(logs, _workdir(launch_args))
     return status
 

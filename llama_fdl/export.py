@@ -10,6 +10,8 @@ import os
 import pathlib
 import shutil
 
+from llama_fdl import extras
+
 
 def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None) -> int:
     """Writes checkpoint `step` (default: the latest) of the run in `workdir` to the new or empty
@@ -18,11 +20,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
     out = pathlib.Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out={out} already exists and is not an empty directory; choose a new one.")
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise ValueError(f'Exporting needs torch and transformers ({e}); pip install -e ".[hf]".') from None
+    extras.require("hf", "Exporting a run to HF")
     from llama_fdl import saved_run
     from llama_fdl.model.hf import export_hf
 

@@ -29,7 +29,8 @@ def warmup_cosine(
     if total_steps <= warmup_steps:
         raise ValueError(
             f"The run has {total_steps} steps but warmup takes {warmup_steps}; "
-            f"lower optimizer.warmup_steps below trainer.num_train_steps."
+            f"lower optimizer.warmup_steps below trainer.num_train_steps (for a short trial, add "
+            f"--fdl.optimizer.warmup_steps={max(total_steps // 10, 1)})."
         )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,

@@ -66,15 +66,19 @@ def resolve_axis_sizes(parallel: ParallelConfig, num_devices: int) -> tuple[int,
         if num_devices % known:
             raise ValueError(
                 f"Mesh sizes {named()} need a device count divisible by {known}, "
-                f"but there are {num_devices} devices."
+                f"but {_there_are(num_devices)}."
             )
         sizes[unknown[0]] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ValueError(
-            f"Mesh sizes {named()} multiply to {math.prod(sizes)}, but there are {num_devices} "
-            f"devices; make the product {num_devices} or set one axis size to -1."
+            f"Mesh sizes {named()} multiply to {math.prod(sizes)}, but {_there_are(num_devices)}; "
+            f"make the product {num_devices} or set one axis size to -1."
         )
     return tuple(sizes)
+
+
+def _there_are(num_devices: int) -> str:
+    return "there is 1 device" if num_devices == 1 else f"there are {num_devices} devices"
 
 
 def build_mesh(parallel: ParallelConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -71,7 +71,7 @@ BAD_INPUT = {
     "flag typo": (["--fdl_confg=experiments.tiny"], "Unknown command line flag 'fdl_confg'"),
     "no experiment": ([], "Name an experiment: --fdl_config=experiments.NAME"),
     "path typo": ([TINY, "--fdl.model.config.num_block=8"], "did you mean `num_blocks`"),
-    "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there are 1 devices"),
+    "mesh vs devices": ([TINY, "--fdl.model.config.parallel.tensor_axis_size=2"], "but there is 1 device."),
     "sequence too long": ([TINY, "--fdl.data.sequence_length=100000"], "do not fit in the validation split"),
     "glob matches nothing": ([TINY, "--fiddler=text_files('/no/such/dir/*.txt')"], "matches no files"),
     "vocabulary file missing": (

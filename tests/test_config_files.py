@@ -98,7 +98,7 @@ def test_files_that_are_not_configs_get_one_line(tmp_path):
     "path, value, message",
     [
         ("model.config.head_dim", 12, "not divisible by head_dim=12"),
-        ("model.config.parallel.data_axis_size", 2, "multiply to 2, but there are 1 devices"),
+        ("model.config.parallel.data_axis_size", 2, "multiply to 2, but there is 1 device"),
         ("optimizer.warmup_steps", 50, "lower optimizer.warmup_steps below trainer.num_train_steps"),
         ("data.sequence_length", 1_000_000, "lower data.sequence_length or data.batch_size"),
         ("data.num_eval_batches", 10_000, "lower data.num_eval_batches to at most"),

@@ -66,10 +66,12 @@ def test_the_config_is_in_the_text_tab_and_hparams_hold_the_final_loss(run):
     assert "config/text_summary" in acc.Tags()["tensors"]
     text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "model.config.embedding_dim = 32" in text
-    hparams = accumulator(run / "hparams")
-    final = hparams.Scalars("hparams/eval_loss")[-1].value
+    final = acc.Scalars("hparams/eval_loss")[-1].value
     assert final == pytest.approx(scalars(run)["eval/loss"][30], rel=1e-6)
-    assert "_hparams_/session_start_info" in hparams.summary_metadata
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+    # TensorBoard lists every directory holding event files as a run: this one, and only once.
+    event_dirs = {p.parent for p in run.rglob("events.out.tfevents.*")}
+    assert event_dirs == {run}, event_dirs
 
 
 def test_profiler_trace_lands_where_tensorboard_looks(run):

@@ -235,6 +235,12 @@ def test_only_process_0_writes_and_checkpoints_hold_every_process(two_process_ru
         assert {p.name for p in data.glob("process_*.index")} == {"process_0.index", "process_1.index"}
 
 
+def test_process_0s_stream_leaves_out_gloos_connection_lines(two_process_run):
+    workdir, preempted, _, _ = two_process_run
+    assert "[Gloo]" not in preempted["out"] + preempted["err"]
+    assert "[Gloo]" in (workdir / "process_1.log").read_text()  # control: the processes print them
+
+
 def test_local_launcher_fails_when_a_process_fails(tmp_path):
     result = subprocess.run(
         [*LOCAL, "--num_processes=2", "--", "--fdl_config=experiments.nope", f"--workdir={tmp_path / 'r'}"],

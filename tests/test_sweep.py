@@ -234,7 +234,7 @@ def test_the_summary_marks_the_best_point_and_tensorboard_compares_them(killed_t
     best = min(losses, key=losses.get)
     assert f"| **{best}** (best) |" in summary
     # HParams: each point's session names the point and the value the sweep varies.
-    hparams = accumulator(workdir / POINTS[2] / "hparams")
+    hparams = accumulator(workdir / POINTS[2])
     content = hparams.summary_metadata["_hparams_/session_start_info"].plugin_data.content
     session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert session["sweep/point"].string_value == POINTS[2]

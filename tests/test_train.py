@@ -47,7 +47,9 @@ def test_rerunning_a_finished_run_trains_nothing(tiny_run):
     workdir, _ = tiny_run
     again = launch_here("--fdl_config=experiments.tiny", f"--workdir={workdir}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resuming" in again.stdout and "already reached step 20" in again.stdout
+    # Answered from the run directory: nothing restored, no sharding table, no compile.
+    assert again.stdout.startswith(f"Nothing to do: {workdir} already reached step 20")
+    assert "Resuming" not in again.stdout and "mesh:" not in again.stdout and "Train step" not in again.stdout
     assert "step " not in again.stdout.replace("step 20", "")
 
 

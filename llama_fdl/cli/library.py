@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import pathlib
 import re
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +57,28 @@ def lookup(name: str, library: types.ModuleType, known: tuple[str, ...], kind: s
     if "." in short and not name.startswith(prefix):
         module_name, _, attr = name.rpartition(".")
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            return getattr(_import_from_cwd(module_name), attr)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"Cannot load the {kind} `{name}`: {e}.") from e
+            hint = ""
+            if isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]:
+                hint = (
+                    f" (looked on sys.path and in the current directory {pathlib.Path.cwd()}; run "
+                    f"from the directory that holds {e.name}.py, or add that directory to PYTHONPATH)"
+                )
+            raise ConfigError(f"Cannot load the {kind} `{name}`: {e}{hint}.") from e
     raise ConfigError(f"Unknown {kind} {name!r}; available: {', '.join(ranked(short, known))}.")
+
+
+def _import_from_cwd(module_name: str) -> types.ModuleType:
+    """Imports `module_name`, also from the current directory, as `python -m` would find it.
+
+    `llama-fdl` and `python launch/launch.py` put their own directory first on sys.path, not the
+    current one, so an experiment in `./mine.py` would be found only with PYTHONPATH set.
+    """
+    cwd = str(pathlib.Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)  # after the installed packages: a local file never shadows them
+    return importlib.import_module(module_name)
 
 
 def experiment(expression: str, library: types.ModuleType) -> fdl.Buildable:

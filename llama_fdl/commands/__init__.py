@@ -41,11 +41,11 @@ COMMANDS = {
 
 
 def quiet_logs() -> None:
-    """seqio and Orbax log every step of their set-up at INFO; keep the console for the run."""
-    from absl import flags, logging
+    """seqio and Orbax log every step of their set-up at INFO; keep the console for the run
+    (`--verbosity` or LLAMA_FDL_VERBOSE=1 keep it all: see llama_fdl/console.py)."""
+    from llama_fdl import console
 
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    console.quiet_libraries()
 
 
 def run(name: str, args: Sequence[str], prog: str) -> None:

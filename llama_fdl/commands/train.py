@@ -81,6 +81,15 @@ def _profile_steps() -> tuple[int, int] | None:
     return first, last
 
 
+def _check_profile_steps(profile: tuple[int, int] | None, num_train_steps: int) -> None:
+    """Steps past the end of the run would never be traced: say so now, not after the run."""
+    if profile is not None and profile[1] > num_train_steps:
+        raise ValueError(
+            f"--profile_steps={profile[0]},{profile[1]} reaches past the run's last step "
+            f"{num_train_steps} (trainer.num_train_steps); trace steps within 1..{num_train_steps}."
+        )
+
+
 def main(argv: list[str], typed: Sequence[str]) -> None:
     """Runs the experiment the flags describe; `typed` is the command line as typed (for labels)."""
     commands.quiet_logs()
@@ -101,9 +110,16 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
         if fdl_flags.FDL_HELP.value:
             print(library.help_text(experiments, applied.cfg))
             return
+        name = runner.experiment_name(fdl_flags.FDL_CONFIG.value, fdl_flags.FDL_CONFIG_FILE.value)
+        workdir = pathlib.Path(fdl_flags.WORKDIR.value or f"runs/{name}")
+        last = None if _DRY_RUN.value else runner.finished(applied.cfg, workdir)
+        if last is not None:  # before the checks: this graph passed them when the run started
+            print(f"Nothing to do: {workdir} already reached step {last}; its evals are in TensorBoard.")
+            return
         config_diff = diff.as_text(applied.base, applied.cfg, applied.sources, against=against)
         config_code = diff.as_code(applied.base, applied.cfg, base_flag=fdl_flags.base_flag())
         experiment = runner.check(applied.cfg)
+        _check_profile_steps(profile, experiment.trainer.num_train_steps)
         if fdl_flags.COMPILATION_CACHE.value:
             compilation_cache.enable(fdl_flags.COMPILATION_CACHE_DIR.value)
         if _DRY_RUN.value:
@@ -121,8 +137,6 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
 
         for_people += (loop.NonFiniteLoss,)
         options = loop.RunOptions(profile_steps=profile, peak_flops_per_device=_PEAK_FLOPS.value)
-        name = runner.experiment_name(fdl_flags.FDL_CONFIG.value, fdl_flags.FDL_CONFIG_FILE.value)
-        workdir = pathlib.Path(fdl_flags.WORKDIR.value or f"runs/{name}")
         runner.run(
             applied.cfg,
             workdir,

@@ -48,8 +48,8 @@ class Vocabulary:
         return _sentencepiece_proto(self.sentencepiece_model).trainer_spec.eos_id
 
     def seqio(self) -> seqio.Vocabulary:
-        """The seqio vocabulary this describes (imports seqio, and with it TensorFlow)."""
-        import seqio
+        """The seqio vocabulary this describes (imports seqio, and with it TensorFlow, quietly)."""
+        from llama_fdl.data.quiet_import import seqio
 
         if not self.sentencepiece_model:
             return seqio.ByteVocabulary()

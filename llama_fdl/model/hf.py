@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from flax import linen as nn
 
+from llama_fdl import extras
 from llama_fdl.model.config import ARCHITECTURE_FIELDS, LlamaConfig, RopeScaling, ffn_width
 from llama_fdl.model.stack import scanned_to_unrolled_params, unrolled_to_scanned_params
 
@@ -125,6 +126,7 @@ def llama_config_from_hf(hf_config: Any, **overrides: Any) -> LlamaConfig:
 def hf_config_from_llama(config: LlamaConfig) -> Any:
     """The `transformers` config of a LlamaConfig: a LlamaConfig, or a Qwen2Config for q/k/v-only
     biases; refuses what neither can express."""
+    extras.require("hf", "Exporting to HF")
     import transformers
 
     problems = []
@@ -221,6 +223,7 @@ def state_dict_from_params(params: Mapping[str, Any], config: LlamaConfig) -> di
 
 def read_hf_config(directory: str | os.PathLike) -> Any:
     """The transformers config saved in `directory`, once its architecture is known to map."""
+    extras.require("hf", "Reading an HF model")
     import transformers
 
     path = pathlib.Path(directory) / "config.json"
@@ -236,6 +239,7 @@ def read_hf_config(directory: str | os.PathLike) -> Any:
 def import_hf(model_or_path: Any, **overrides: Any) -> tuple[LlamaConfig, dict[str, Any]]:
     """(config, params) from an in-memory HF causal LM or a directory saved by HF."""
     if isinstance(model_or_path, str | os.PathLike):
+        extras.require("hf", "Importing an HF model")
         import torch
         import transformers
 
@@ -249,6 +253,7 @@ def import_hf(model_or_path: Any, **overrides: Any) -> tuple[LlamaConfig, dict[s
 
 def export_hf(params: Mapping[str, Any], config: LlamaConfig, directory: str | None = None) -> Any:
     """A float32 HF causal LM holding `params`; also saved to `directory` when given."""
+    extras.require("hf", "Exporting to HF")
     import torch
     import transformers
 

@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from llama_fdl import generate, sharding
+from llama_fdl import console, generate, sharding
 from llama_fdl.train import aot, flops, init_from, preemption
 from llama_fdl.train import checkpoint as ckpt
 from llama_fdl.train import metrics as metrics_lib
@@ -111,7 +111,9 @@ def _train(
     # --- Set up --------------------------------------------------------------------------
     # Imported here, not with the module: TensorFlow (under seqio) takes seconds, and the
     # launcher imports this module before it knows that the run directory is free.
-    from llama_fdl.data import pipeline
+    startup = console.Startup(say=_say)
+    with startup.phase("Importing TensorFlow and seqio"):
+        from llama_fdl.data import pipeline
 
     model, mesh, data, trainer = experiment.model, experiment.mesh, experiment.data, experiment.trainer
     parallel = model.config.parallel
@@ -120,8 +122,11 @@ def _train(
     batch_sh = sharding.batch_sharding(mesh, parallel)
     flag_sh = preemption.flag_sharding(mesh)
 
-    local_eval_sets = pipeline.eval_sets(data)
-    eval_sets = [(s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in local_eval_sets]
+    with startup.phase("Loading the eval batches"):
+        local_eval_sets = pipeline.eval_sets(data)
+        eval_sets = [
+            (s.prefix, [pipeline.to_global(b, batch_sh) for b in s.batches]) for s in local_eval_sets
+        ]
     samples = None
     if trainer.sample_every:  # prompts from the source's own validation split (a mixture's whole)
         samples = generate.TrainingSamples(model, data, local_eval_sets[0].batches[0], trainer.seed)
@@ -130,7 +135,8 @@ def _train(
 
     peak, peak_source = options.peak_flops_per_device, "--peak_flops_per_device"
     if peak is None:
-        peak, peak_source = flops.peak_flops_per_device()
+        with startup.phase("Measuring the peak FLOP/s for MFU"):
+            peak, peak_source = flops.peak_flops_per_device()
     flops_causal = flops.flops_per_token(model.config, data.sequence_length, causal=True)
     flops_full = flops.flops_per_token(model.config, data.sequence_length, causal=False)
 
@@ -138,10 +144,12 @@ def _train(
     boxed = state_lib.abstract_state(model, tx, data.sequence_length, trainer.seed)
     shardings = state_lib.state_shardings(boxed, mesh, parallel)
     target = state_lib.unboxed_abstract(boxed, shardings)
-    resumed = ckpt.restore_newest(manager, target, lambda: pipeline.train_iterator(data), _say)
+    with startup.phase("Restoring the newest checkpoint"):
+        resumed = ckpt.restore_newest(manager, target, lambda: pipeline.train_iterator(data), _say)
     if resumed is None:
-        state = _first_state(experiment, tx, shardings)
-        train_iter = pipeline.train_iterator(data)
+        with startup.phase("Initialising the parameters and the train stream"):
+            state = _first_state(experiment, tx, shardings)
+            train_iter = pipeline.train_iterator(data)
         writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(str(workdir))))
         origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
         _say(f"Starting {workdir} from {origin}.")
@@ -155,7 +163,12 @@ def _train(
         )
         _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))
-    _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {mesh.size} device(s).")
+    profile = options.profile_steps
+    if profile and start >= profile[0]:
+        _say(f"--profile_steps={profile[0]},{profile[1]}: the run resumes past step {profile[0]}; no trace.")
+        options = dataclasses.replace(options, profile_steps=None)
+    devices = "1 device" if mesh.size == 1 else f"{mesh.size} devices"
+    _say(f"MFU peak: {peak:.3g} FLOP/s per device ({peak_source}), {devices}.")
     layout = sharding.report(mesh, state.params, state.opt_state)
     if jax.process_index() == 0:
         print(layout, flush=True)
@@ -214,6 +227,7 @@ def _train(
             averager.add(values)
         if step == start + 1:
             window_start = time.perf_counter()  # the first step includes compilation
+            startup.first_step_done()
         else:
             window_steps += 1
         if step % trainer.log_every == 0 or step == total_steps:
@@ -254,6 +268,7 @@ def _train(
             if options.profile_steps and done == options.profile_steps[1]:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
+                _say(f"Profiled steps {options.profile_steps[0]}-{done}: {_newest_trace(workdir)}")
             evaluating = done % trainer.eval_every == 0 or done == total_steps
             saving = done % trainer.checkpoint.every_steps == 0 or done == total_steps
             sampling = samples is not None and done % trainer.sample_every == 0
@@ -281,10 +296,13 @@ def _train(
     except NonFiniteLoss as e:
         ckpt.wait(manager)
         good = manager.latest_step()
+        last_good = (
+            f"the last good checkpoint is step {good}" if good is not None else "no checkpoint was saved"
+        )
         step, loss, grad_norm = e.args
         raise NonFiniteLoss(
             f"Step {step} gave a non-finite loss, gradient or update (loss {loss}, gradient norm "
-            f"{grad_norm}); stopped without saving it, so the last good checkpoint is step {good}. "
+            f"{grad_norm}); stopped without saving it, so {last_good}. "
             f"Lower optimizer.peak_learning_rate, or set trainer.skip_nonfinite_steps=True to skip "
             f"such steps."
         ) from None
@@ -301,7 +319,7 @@ def _train(
         _say(_eval_line(start, last_eval))
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         hparams = {**_hparams(experiment), **options.hparams}
-        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]})
+        writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]}, total_steps)
     writer.close()
     return last_eval
 
@@ -315,6 +333,12 @@ def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
     parallel = model.config.parallel
     seq_len = experiment.data.sequence_length
     return state_lib.init_state(model, tx, seq_len, trainer.seed, experiment.mesh, parallel)[0]
+
+
+def _newest_trace(workdir: pathlib.Path) -> pathlib.Path | None:
+    """The trace jax.profiler just wrote: RUN/plugins/profile/<time>/, where TensorBoard looks."""
+    traces = sorted((workdir / "plugins" / "profile").glob("*"), key=lambda p: p.stat().st_mtime)
+    return traces[-1] if traces else None
 
 
 def _eval_line(step: int, metrics: dict[str, float]) -> str:

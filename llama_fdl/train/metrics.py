@@ -40,10 +40,18 @@ class MetricWriter:
         if self._writer is not None:
             self._writer.add_text(name, body, global_step=step)
 
-    def hparams(self, hparams: dict[str, object], final_metrics: dict[str, float]) -> None:
-        """One row of TensorBoard's HParams tab: the settings and how the run ended."""
+    def hparams(self, hparams: dict[str, object], final_metrics: dict[str, float], step: int) -> None:
+        """One row of TensorBoard's HParams tab: the settings and how the run ended (at `step`).
+
+        Written into the run's own event file, as TensorBoard's hparams API does, rather than
+        by tensorboardX's `add_hparams`, whose sub-directory TensorBoard lists as a second run.
+        """
         if self._writer is not None:
-            self._writer.add_hparams(hparams, final_metrics, name="hparams")
+            from tensorboardX.summary import hparams as hparams_summaries
+
+            self.scalars(step, final_metrics)  # first: it opens the event file if nothing else has
+            for summary in hparams_summaries(hparams, final_metrics):
+                self._writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
         if self._writer is not None:
