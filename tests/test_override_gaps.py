@@ -14,6 +14,8 @@ import experiments
 from llama_fdl import optim
 from llama_fdl.cli import ConfigError, flatten, library, overrides, paths
 from llama_fdl.data.config import DataConfig
+from llama_fdl.data.sources import StdlibCorpus
+from llama_fdl.data.vocabulary import Vocabulary, vocabulary_size
 from llama_fdl.model import LlamaConfig, LlamaTransformer, ParallelConfig
 from llama_fdl.sharding import build_mesh
 from llama_fdl.train.checkpoint import CheckpointConfig
@@ -121,14 +123,27 @@ def test_a_fiddler_may_return_a_new_graph_instead_of_changing_it(monkeypatch):
 def auto_tiny() -> Experiment:
     """experiments.tiny written as plain Python calls; auto_config turns each call into a config."""
     parallel = ParallelConfig()
+    vocabulary = Vocabulary()  # one node: the data's, and the model's vocab_size is derived from it
     model = LlamaTransformer(
-        config=LlamaConfig(vocab_size=259, embedding_dim=32, num_blocks=2, head_dim=16, parallel=parallel)
+        config=LlamaConfig(
+            vocab_size=vocabulary_size(vocabulary),
+            embedding_dim=32,
+            num_blocks=2,
+            head_dim=16,
+            parallel=parallel,
+        )
     )
     return Experiment(
         model=model,
         mesh=build_mesh(parallel=parallel),
         optimizer=functools.partial(optim.adamw, warmup_steps=5),
-        data=DataConfig(sequence_length=64, batch_size=8, num_eval_batches=2),
+        data=DataConfig(
+            sequence_length=64,
+            batch_size=8,
+            num_eval_batches=2,
+            source=StdlibCorpus(),
+            vocabulary=vocabulary,
+        ),
         trainer=TrainerConfig(
             num_train_steps=20, eval_every=10, log_every=5, checkpoint=CheckpointConfig(every_steps=10)
         ),
