@@ -310,7 +310,7 @@ def _train(
         try:
             ckpt.wait(manager)
         finally:
-            manager.close()
+            ckpt.close(manager)
 
     # --- Finish --------------------------------------------------------------------------
     if start >= total_steps:
