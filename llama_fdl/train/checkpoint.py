@@ -176,13 +176,6 @@ def wait(manager: ocp.CheckpointManager) -> None:
         manager.wait_until_finished()
 
 
-def close(manager: ocp.CheckpointManager) -> None:
-    """Closes `manager`; a background save's write error that close re-raises is reported as
-    `wait` reports it (it would otherwise replace `wait`'s one-line error with Orbax's own)."""
-    with _write_errors(manager, None):
-        manager.close()
-
-
 @contextlib.contextmanager
 def _write_errors(manager: ocp.CheckpointManager, step: int | None):
     try:

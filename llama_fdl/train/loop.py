@@ -310,7 +310,7 @@ def _train(
         try:
             ckpt.wait(manager)
         finally:
-            ckpt.close(manager)
+            manager.close()
 
     # --- Finish --------------------------------------------------------------------------
     if start >= total_steps:
