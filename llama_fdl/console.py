@@ -56,6 +56,10 @@ def quiet_libraries() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed background save (a full disk) leaves one "Task exception was never retrieved"
+    # traceback per array in Orbax's event loop, logged by asyncio as the futures are collected,
+    # often after the one-line error that already says what failed (llama_fdl.train.checkpoint).
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
