@@ -4,32 +4,16 @@ Bad input and --traceback run the launcher in a process of its own: that its std
 and its exit status non-zero is a property of the whole process (start-up logs included). The
 rest run the launcher's code in this process (tests/launcher.py's launch_here)."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-from launcher import launch_here
+from launcher import launch, launch_here
 from tensorboard.backend.event_processing import event_accumulator
 
 import experiments
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, str(REPO / "launch" / "launch.py")]
 # A short tiny run: two logged train windows (steps 5 and 10) and one eval.
 SHORT = ["--fdl.trainer.num_train_steps=10", "--fdl.trainer.eval_every=10"]
-
-
-def _launch(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*LAUNCH, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def _events(workdir: pathlib.Path) -> event_accumulator.EventAccumulator:
@@ -84,7 +68,7 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_is_one_line_a_nonzero_exit_and_no_run_directory(tmp_path, case):
     args, expected = BAD_INPUT[case]
-    result = _launch(*args, f"--workdir={tmp_path / 'run'}")
+    result = launch(*args, f"--workdir={tmp_path / 'run'}")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
@@ -94,14 +78,14 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_no_run_directory(tmp_path, cas
 
 def test_a_batch_the_data_parallel_axis_cannot_split_fails_before_anything_runs(tmp_path):
     two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    result = _launch(TINY, "--fdl.data.batch_size=7", f"--workdir={tmp_path / 'run'}", env=two_devices)
+    result = launch(TINY, "--fdl.data.batch_size=7", f"--workdir={tmp_path / 'run'}", env=two_devices)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "data.batch_size=7 is not divisible by the 2 devices" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_a_config_file_naming_os_system_is_refused(tmp_path, evil_config):
-    result = _launch(f"--fdl_config_file={evil_config}", f"--workdir={tmp_path / 'run'}")
+    result = launch(f"--fdl_config_file={evil_config}", f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {evil_config} refers to os.system, outside what a config file may use (llama_fdl, "
@@ -113,7 +97,7 @@ def test_a_config_file_naming_os_system_is_refused(tmp_path, evil_config):
 
 def test_traceback_shows_where_an_error_came_from(tmp_path):
     """Control for the one-line tests: the traceback is hidden by choice, not missing."""
-    result = _launch(TINY, "--fdl.model.config.num_block=8", "--traceback", f"--workdir={tmp_path}/run")
+    result = launch(TINY, "--fdl.model.config.num_block=8", "--traceback", f"--workdir={tmp_path}/run")
     assert result.returncode != 0 and "Traceback" in result.stderr and "paths.py" in result.stderr
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from llama_fdl import commands
+from llama_fdl import commands, runner
 from llama_fdl.cli import flags as fdl_flags  # --workdir and --traceback
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export; default: the latest.")
@@ -41,6 +41,6 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
     except (ValueError, FileNotFoundError, OSError) as e:
         if fdl_flags.TRACEBACK.value:
             raise
-        print(f"error: {str(e).strip().splitlines()[0]} (--traceback shows where)", file=sys.stderr)
+        print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)
         sys.exit(1)
     print(f"Wrote step {step} of {workdir} to {out}; LlamaForCausalLM.from_pretrained loads it.")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from llama_fdl import commands
+from llama_fdl import commands, runner
 from llama_fdl.cli import flags as fdl_flags  # --workdir and --traceback
 
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
@@ -63,7 +63,7 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
     except (ValueError, FileNotFoundError) as e:
         if fdl_flags.TRACEBACK.value:
             raise
-        print(f"error: {str(e).strip().splitlines()[0]} (--traceback shows where)", file=sys.stderr)
+        print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)
         sys.exit(1)
     for i, (prompt, continuation) in enumerate(zip(prompts, continuations, strict=True)):
         which = f"prompt {i // _NUM_SAMPLES.value + 1}, sample {i % _NUM_SAMPLES.value + 1}"
