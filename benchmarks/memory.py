@@ -1,7 +1,10 @@
 """Peak resident memory of a process that trains a few steps, llama_fdl against HF transformers.
 
 Each side runs in a fresh child process (imports, model, optimizer, one warm-up and three steps)
-so that its peak resident set (`ru_maxrss`) is its own; the memory a process has before it
+so that its peak resident set is its own (the kernel's `VmHWM` of the child's address space: not
+`ru_maxrss`, which a child inherits from a large parent across fork and exec, so that every
+figure read the parent's peak when `benchmarks.run` had trained the 58M shape before); the
+memory a process has before it
 builds anything (the interpreter and the imported libraries) is reported beside it. For
 llama_fdl, XLA's own estimate of the step (the dry run's) is shown too.
 Run `python -m benchmarks.memory --help`.
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -21,12 +23,21 @@ from benchmarks import shapes as shapes_lib
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it was exec'd (Linux's VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory is measured on Linux only.")
+
+
 def _child(side: str, shape_name: str) -> None:
     """In the child: build one side, step it, print its memory as one JSON line."""
     from benchmarks import step_vs_hf
 
     shape = {**shapes_lib.SHAPES, "toy": shapes_lib.TOY}[shape_name]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss_bytes()
     estimate = None
     if side == "llama_fdl":
         run, _ = step_vs_hf.llama_fdl_step(shape)
@@ -49,7 +60,7 @@ def _child(side: str, shape_name: str) -> None:
         run = step_vs_hf.hf_step(shape)
     for _ in range(4):
         run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(json.dumps({"before_bytes": before, "peak_bytes": peak, "xla_estimate_bytes": estimate}))
 
 

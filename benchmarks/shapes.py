@@ -25,6 +25,8 @@ class Shape:
     head_dim: int
     batch_size: int
     sequence_length: int
+    config_fields: tuple[tuple[str, object], ...] = ()
+    """Further LlamaConfig fields of this shape, as (name, value) pairs."""
 
     def llama_config(self, **fields) -> LlamaConfig:
         """The LlamaConfig of this shape; `fields` sets others (dtype, scan_blocks, ...)."""
@@ -33,7 +35,7 @@ class Shape:
             embedding_dim=self.embedding_dim,
             num_blocks=self.num_blocks,
             head_dim=self.head_dim,
-            **fields,
+            **{**dict(self.config_fields), **fields},
         )
 
     @property
@@ -66,6 +68,12 @@ SHAPES = {
     )
 }
 """By name: the issue's three shapes (`small` is experiments.small) and experiments.base."""
+
+LLAMA_1B = Shape(
+    "1b", 259, 2048, 16, 64, 8, 2048,
+    config_fields=(("theta", 500000.0), ("ffn_multiple_of", 256), ("ffn_dim_multiplier", 1.5)),
+)
+"""experiments.llama_1b's model (byte vocabulary) at 8 x 2048 tokens: for one GPU, not a CPU."""
 
 TOY = Shape("toy", 64, 32, 2, 16, 2, 16)
 """Seconds to build and step: what the smoke test runs."""

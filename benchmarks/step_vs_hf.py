@@ -11,7 +11,11 @@ parameters on both sides (torch.autocast for HF).
 They run in one process, in alternating rounds of a few steps each (which side goes first
 alternates too), so that load from other processes falls on both; the ratio is the median of
 the per-round ratios of tokens/s. Both use as many threads as the process may run on, so
-`taskset -c 1 python -m benchmarks.step_vs_hf` compares them on one core. Run with `--help`.
+`taskset -c 1 python -m benchmarks.step_vs_hf` compares them on one core. Where JAX runs on a
+GPU, HF runs on torch's CUDA device too, synchronised after each step (run with
+`XLA_PYTHON_CLIENT_PREALLOCATE=false`, so that JAX leaves torch its share of the memory), and
+`--attention=cudnn` puts llama_fdl's attention on cuDNN's fused kernel as sdpa's is. Run with
+`--help`.
 """
 
 from __future__ import annotations
@@ -57,9 +61,11 @@ class StepComparison:
     per side (`taskset -c 1`), the comparison that load from other processes does not skew."""
 
 
-def llama_fdl_step(shape: shapes_lib.Shape, dtype: str = "float32") -> tuple[Callable[[], None], float]:
+def llama_fdl_step(
+    shape: shapes_lib.Shape, dtype: str = "float32", attention: str = "xla"
+) -> tuple[Callable[[], None], float]:
     """One blocking train step of llama_fdl at `shape`, and the seconds its first call took."""
-    config = shape.llama_config(dtype=dtype)
+    config = shape.llama_config(dtype=dtype, attention_backend=attention)
     model = LlamaTransformer(config)
     mesh = sharding.build_mesh(config.parallel)
     tx, schedule = optim.adamw(10**6, peak_learning_rate=LEARNING_RATE, warmup_steps=0)
@@ -89,29 +95,43 @@ def hf_step(shape: shapes_lib.Shape, dtype: str = "float32") -> Callable[[], Non
     # docs/PERFORMANCE.md for the one-core comparison).
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
+    device = torch_device()
     model = transformers.LlamaForCausalLM._from_config(
         hf_config_from_llama(shape.llama_config()), attn_implementation="sdpa"
-    )
+    ).to(device)
     model.train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1
     )
     batch = shapes_lib.synthetic_batch(shape)
-    inputs = torch.from_numpy(batch["decoder_input_tokens"]).long()
-    targets = torch.from_numpy(batch["decoder_target_tokens"]).long()
+    inputs = torch.from_numpy(batch["decoder_input_tokens"]).long().to(device)
+    targets = torch.from_numpy(batch["decoder_target_tokens"]).long().to(device)
     bf16 = dtype == "bfloat16"
 
     def run() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=inputs, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()  # as llama_fdl's step blocks until its results are ready
 
     run()
     return run
+
+
+def torch_device() -> str:
+    """torch's CUDA device where JAX runs on a GPU, else its CPU: both sides on the same kind."""
+    import torch
+
+    if jax.default_backend() == "gpu":
+        if not torch.cuda.is_available():
+            raise RuntimeError("JAX runs on a GPU but torch sees no CUDA device; install torch with CUDA.")
+        return "cuda"
+    return "cpu"
 
 
 def jax_matmul_flops(n: int = 2048) -> float:
@@ -123,12 +143,15 @@ def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of torch's float32 n x n matmul, measured as JAX's is."""
     import torch
 
-    a = torch.ones((n, n))
+    device = torch_device()
+    a = torch.ones((n, n), device=device)
     a @ a
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ a
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best
 
@@ -140,9 +163,10 @@ def compare(
     rounds: int = 5,
     steps: int = 3,
     matmul_flops: float | None = None,
+    attention: str = "xla",
 ) -> StepComparison:
     """Alternates `rounds` rounds of `steps` steps of each side (after one warm-up step each)."""
-    fdl, compile_s = llama_fdl_step(shape, dtype)
+    fdl, compile_s = llama_fdl_step(shape, dtype, attention)
     hf = hf_step(shape, dtype)
     fdl()
     times: dict[str, list[float]] = {"fdl": [], "hf": []}
@@ -196,9 +220,10 @@ def main(argv: list[str] | None = None) -> list[StepComparison]:
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per round and side")
+    parser.add_argument("--attention", default="xla", help="llama_fdl's attention_backend (cudnn: GPU)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    known = {**shapes_lib.SHAPES, shapes_lib.TOY.name: shapes_lib.TOY}
+    known = {**shapes_lib.SHAPES, **{s.name: s for s in (shapes_lib.TOY, shapes_lib.LLAMA_1B)}}
     chosen = [known[name] for name in args.shapes.split(",")]
     jax_rate, torch_rate = jax_matmul_flops(), torch_matmul_flops()
     print(
@@ -209,7 +234,16 @@ def main(argv: list[str] | None = None) -> list[StepComparison]:
     results = []
     for shape in chosen:
         for dtype in args.dtypes.split(","):
-            results.append(compare(shape, dtype, rounds=args.rounds, steps=args.steps, matmul_flops=jax_rate))
+            results.append(
+                compare(
+                    shape,
+                    dtype,
+                    rounds=args.rounds,
+                    steps=args.steps,
+                    matmul_flops=jax_rate,
+                    attention=args.attention,
+                )
+            )
             print(table(results[-1:], known).splitlines()[-1], flush=True)
     print(table(results, known))
     if args.json:

@@ -4,6 +4,7 @@ accuracy statistic, the huge-page environment and the GPU-test rules."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import conftest
@@ -35,6 +36,12 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert (tmp_path / "gpu_check.json").exists() and np.isfinite(result["loss"])
     assert result["dry_run_estimate_bytes"] > 0
     assert gpu_check.llama_1b_config().embedding_dim == 2048  # read from the golden file
+
+
+def test_the_1b_benchmark_shape_is_llama_1b_model():
+    # step_vs_hf's `1b` shape (the GPU comparison with HF) must stay experiments.llama_1b's model.
+    assert shapes.LLAMA_1B.llama_config(dtype="bfloat16") == gpu_check.llama_1b_config()
+    assert shapes.LLAMA_1B.llama_config() != gpu_check.llama_1b_config()  # control: dtype differs
 
 
 def test_gpu_check_path_imports_neither_fiddle_nor_seqio():
@@ -122,3 +129,15 @@ def test_data_pipeline_benchmark_runs_on_toy_corpora(tmp_path):
     ):
         config = DataConfig(sequence_length=64, batch_size=4, source=source)
         assert data_pipeline.pipeline_tokens_per_second(config, seconds=0.2) > 0
+
+
+def test_memory_benchmark_reads_the_childs_own_peak_not_the_parents():
+    from benchmarks import memory
+
+    ballast = np.ones(1_500_000_000 // 8)  # 1.5 GB resident in this (parent) process
+    result = memory.measure("llama_fdl", "toy")
+    assert 0 < result["before_bytes"] <= result["peak_bytes"] < ballast.nbytes
+    # Control: ru_maxrss, which the benchmark read before, does carry the parent's peak over.
+    code = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    inherited = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+    assert inherited >= ballast.nbytes

@@ -17,6 +17,8 @@ Shape legend: B batch, S query positions, T key positions, N query heads, K key/
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -106,7 +108,11 @@ def pallas_triton_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool
     padded queries are sliced off, so their (finite) outputs and zero cotangents change nothing.
     """
     # Imported here because Pallas pulls in its Triton lowering, which plain xla users never need.
-    from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+    # jax 0.11 deprecates the module in favour of tokamax (not a dependency here); it still works,
+    # so its import-time warning is not turned into an error by strict warning filters.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"jax\.experimental\.pallas\.ops\.gpu\.attention is deprecated")
+        from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
     batch, seq_len, _, head_dim = q_BSNH.shape
     if k_BTNH.shape[1] != seq_len:
