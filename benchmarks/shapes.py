@@ -70,7 +70,13 @@ SHAPES = {
 """By name: the issue's three shapes (`small` is experiments.small) and experiments.base."""
 
 LLAMA_1B = Shape(
-    "1b", 259, 2048, 16, 64, 8, 2048,
+    "1b",
+    259,
+    2048,
+    16,
+    64,
+    8,
+    2048,
     config_fields=(("theta", 500000.0), ("ffn_multiple_of", 256), ("ffn_dim_multiplier", 1.5)),
 )
 """experiments.llama_1b's model (byte vocabulary) at 8 x 2048 tokens: for one GPU, not a CPU."""

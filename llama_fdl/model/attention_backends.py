@@ -111,7 +111,7 @@ def pallas_triton_attention(q_BSNH, k_BTNH, v_BTNH, segment_ids_BS, causal: bool
     # jax 0.11 deprecates the module in favour of tokamax (not a dependency here); it still works,
     # so its import-time warning is not turned into an error by strict warning filters.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"jax\.experimental\.pallas\.ops\.gpu\.attention is deprecated")
+        warnings.filterwarnings("ignore", message=r"jax\.experimental\.pallas\.ops\.gpu\.attention is deprec")
         from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
     batch, seq_len, _, head_dim = q_BSNH.shape
