@@ -30,6 +30,7 @@ def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, time
 
     env = {
         **os.environ,
+        **_shared_compilation_cache(),
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(REPO),
@@ -39,6 +40,34 @@ def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, time
     )
     assert proc.returncode == 0, f"{script.name} failed:\n{proc.stderr[-5000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _shared_compilation_cache() -> dict[str, str]:
+    """JAX's persistent compilation cache in the launcher's default directory, as jax's own
+    environment variables (for the multi-device children, which run no launcher)."""
+    from llama_fdl import compilation_cache
+
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(compilation_cache.default_dir()),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+def pytest_configure(config):
+    """Every test process shares the launcher's persistent compilation cache.
+
+    Compiling is most of the suite's CPU time, and many tests compile the same programs (tiny's
+    train step above all) in different processes: the launcher's children already share the
+    cache in its default directory, and this makes the test processes themselves and the
+    multi-device children use it too, so each program is compiled once per machine. A program
+    loaded from the cache is the one a compile gives (jax keys it by the program, devices,
+    flags and versions); tests about the cache itself use a directory of their own.
+    The xdist controller runs no tests and so never imports jax.
+    """
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        from llama_fdl import compilation_cache
+
+        compilation_cache.enable(compilation_cache.default_dir())
 
 
 @pytest.fixture(scope="session")
