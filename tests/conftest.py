@@ -19,6 +19,43 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def gpu_seen_by_the_machine() -> str | None:
+    """What shows that this machine has an NVIDIA GPU (whatever JAX uses), or None."""
+    gpus = pathlib.Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return f"{gpus} lists {len(list(gpus.iterdir()))}"
+    if shutil.which("nvidia-smi"):
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if listed.startswith("GPU "):
+            return f"nvidia-smi -L: {listed.splitlines()[0]}"
+    return None
+
+
+OPT_LEVEL = "--xla_backend_optimization_level"
+
+
+def xla_flags(*flags: str) -> str:
+    """XLA_FLAGS for a process a test starts: this process's (see below) followed by `flags`."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
+# Compiling is most of the suite's CPU time (1,019 of 1,760 CPU-seconds, timed by a hook on
+# jax's compile), and most programs the tests compile then run a few steps. At LLVM's
+# optimization level 0, XLA:CPU compiles them in less than half the time (tiny's train step:
+# 9.3 -> 4.2 CPU-seconds). The program is the same (XLA's own optimizations of it all run); only
+# its machine code is less tuned, so a float32 result may differ in its last bits (whether a
+# multiply and an add fuse into one instruction), as results differ between CPUs: every
+# tolerance in the suite is far wider, and every exact equality compares two runs of one setting,
+# which every process a test starts inherits (helpers that set XLA_FLAGS add to it: `xla_flags`).
+# A level set in XLA_FLAGS already is kept. Not where there is a GPU: the GPU tests compile and
+# compare kernels as users run them.
+if OPT_LEVEL not in os.environ.get("XLA_FLAGS", "") and gpu_seen_by_the_machine() is None:
+    os.environ["XLA_FLAGS"] = xla_flags(f"{OPT_LEVEL}=0")
+
+
 def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, timeout: int = 900) -> dict:
     """Runs `script` in a fresh interpreter that sees `devices` CPU devices; returns its JSON.
 
@@ -31,7 +68,7 @@ def _run_on_cpu_devices(script: pathlib.Path, *args: str, devices: int = 8, time
     env = {
         **os.environ,
         **_shared_compilation_cache(),
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(f"--xla_force_host_platform_device_count={devices}"),
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(REPO),
     }
@@ -73,21 +110,6 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def run_on_cpu_devices():
     return _run_on_cpu_devices
-
-
-def gpu_seen_by_the_machine() -> str | None:
-    """What shows that this machine has an NVIDIA GPU (whatever JAX uses), or None."""
-    gpus = pathlib.Path("/proc/driver/nvidia/gpus")
-    if gpus.is_dir() and any(gpus.iterdir()):
-        return f"{gpus} lists {len(list(gpus.iterdir()))}"
-    if shutil.which("nvidia-smi"):
-        try:
-            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if listed.startswith("GPU "):
-            return f"nvidia-smi -L: {listed.splitlines()[0]}"
-    return None
 
 
 def pytest_runtest_setup(item):
