@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import conftest
 from tensorboard.backend.event_processing import event_accumulator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -14,14 +15,18 @@ LAUNCH = [sys.executable, str(REPO / "launch" / "launch.py")]
 
 
 def launch(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The launcher to the end; `env` adds variables (e.g. XLA_FLAGS for more CPU devices)."""
+    """The launcher to the end; `env` adds variables (e.g. XLA_FLAGS for more CPU devices, which
+    go after this process's: conftest.xla_flags)."""
+    added = dict(env or {})
+    if "XLA_FLAGS" in added:
+        added["XLA_FLAGS"] = conftest.xla_flags(added["XLA_FLAGS"])
     return subprocess.run(
         [*LAUNCH, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **added},
     )
 
 

@@ -32,6 +32,7 @@ import shlex
 import subprocess
 import sys
 
+import conftest
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -185,9 +186,12 @@ def run_steps(steps: list[Step], cwd: pathlib.Path, bin_dir: pathlib.Path) -> tu
     for key in sorted(groups, key=lambda k: (k != "{}", groups[k][0])):
         todo = [dataclasses.asdict(steps[i]) for i in groups[key]]
         (cwd / ".steps.json").write_text(json.dumps(todo))
+        exported = json.loads(key)
+        if "XLA_FLAGS" in exported:  # after the test processes' own (conftest.xla_flags)
+            exported["XLA_FLAGS"] = conftest.xla_flags(exported["XLA_FLAGS"])
         env = {
             **os.environ,
-            **json.loads(key),
+            **exported,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             "PYTHONPATH": str(REPO),
         }

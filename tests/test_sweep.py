@@ -143,14 +143,16 @@ def test_a_point_whose_directory_another_launch_holds_is_refused_naming_it(tmp_p
     assert list((tmp_path / "a").iterdir()) == []  # nothing written by the refused point
 
 
-# A sweep of three tiny points, 40 steps each, checkpointed every 4 steps.
+STEPS = 12
+# A sweep of three tiny points, 12 steps each, checkpointed every 4 steps: the killed point has
+# checkpoints to resume from and steps left to train; more steps would prove nothing more.
 SWEEP = [
     "--fdl_config=experiments.tiny",
     "--sweep=width_depth(widths=(32,), depths=(1, 2, 3))",
-    "--fdl.trainer.num_train_steps=40",
+    f"--fdl.trainer.num_train_steps={STEPS}",
     "--fdl.trainer.checkpoint.every_steps=4",
-    "--fdl.trainer.eval_every=40",
-    "--fdl.trainer.log_every=10",
+    f"--fdl.trainer.eval_every={STEPS}",
+    "--fdl.trainer.log_every=4",
 ]
 POINTS = ["d32_blocks1", "d32_blocks2", "d32_blocks3"]
 
@@ -203,7 +205,7 @@ def test_a_killed_sweep_skips_finished_points_and_resumes_the_killed_one(killed_
     assert f"{POINTS[0]}: finished before" in resumed.stdout
     assert (workdir / POINTS[0] / sweep.RESULT).read_bytes() == state["first_result"]  # not rerun
     second = json.loads((workdir / POINTS[1] / sweep.RESULT).read_text())
-    assert 4 <= second["resumed_from_step"] < 40
+    assert 4 <= second["resumed_from_step"] < STEPS
     log = (workdir / POINTS[1] / "log.txt").read_text()
     assert f"from the checkpoint at step {second['resumed_from_step']}" in log
     assert "with another layout; resuming it with trainer.num_microbatches 1 -> 2" in log
@@ -227,7 +229,7 @@ def test_the_summary_marks_the_best_point_and_tensorboard_compares_them(killed_t
     losses = {}
     for point in POINTS:
         result = json.loads((workdir / point / sweep.RESULT).read_text())
-        assert result["eval_loss"] == pytest.approx(scalars(workdir / point)["eval/loss"][40], rel=1e-6)
+        assert result["eval_loss"] == pytest.approx(scalars(workdir / point)["eval/loss"][STEPS], rel=1e-6)
         losses[point] = result["eval_loss"]
         assert f"{result['eval_loss']:.4f}" in next(row for row in rows if f"{point}" in row)
         assert f"`model.config.embedding_dim=32, model.config.num_blocks={point[-1]}`" in summary
