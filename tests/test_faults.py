@@ -65,7 +65,10 @@ def test_a_second_launch_on_a_busy_run_directory_is_refused_and_ctrl_c_saves(tmp
     out = _until_training(proc)
     holder = run_lock.read_holder(tmp_path / "lock")
     assert holder.pid == proc.pid
-    second = launch(*args)
+    # The second launch in this process: the lock is another process's all the same, and the
+    # one-line stderr of a whole launcher process is tests/test_cli.py's (the same error path);
+    # a second process here would also leave the first training at full speed while it starts.
+    second = launch_here(*args)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
         f"error: {tmp_path} is in use by pid {proc.pid} on host {holder.host}, started "
