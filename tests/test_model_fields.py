@@ -16,6 +16,7 @@ import pytest
 from flax import linen as nn
 
 from llama_fdl.model import FFNBlock, LlamaConfig, LlamaTransformer, ParallelConfig, SelfAttentionBlock
+from llama_fdl.model import remat as remat_lib
 
 # Tolerances fixed in advance: float32 model against a float64 reference, and two float32
 # computations that should agree up to reassociation.
@@ -308,6 +309,25 @@ def test_logits_soft_cap_applies_tanh_cap():
     np.testing.assert_allclose(capped, 0.5 * jnp.tanh(uncapped / 0.5), atol=SAME_ATOL)
 
 
+def test_minimal_remat_is_the_default_and_keeps_the_attention_kernel():
+    """ "minimal" recomputes the elementwise work but not a fused attention kernel, which
+    dots_saveable (the control) runs again in the backward pass."""
+    assert ParallelConfig().remat == "minimal"
+    idx = tokens()
+    kernels = {}
+    for remat in ("none", "minimal", "dots_saveable"):
+        config = tiny(attention_backend="pallas_triton", parallel=ParallelConfig(remat=remat))
+        params = jax.eval_shape(LlamaTransformer(config).init, jax.random.key(0), idx)
+
+        def loss(p, config=config):
+            return jnp.mean(LlamaTransformer(config).apply(p, idx) ** 2)
+
+        grad = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+        kernels[remat] = sum(name == "pallas_call" for name, _ in _primitives(grad))
+    assert kernels["minimal"] == kernels["none"] > 0
+    assert kernels["dots_saveable"] > kernels["none"]
+
+
 def _primitives(jaxpr):
     """(name, params) of every equation, descending into sub-jaxprs (scan bodies, remat)."""
     for eqn in jaxpr.eqns:
@@ -324,7 +344,7 @@ def test_remat_keeps_results_and_inserts_checkpoints(scan_blocks):
     idx = tokens()
     params = init(tiny(scan_blocks=scan_blocks), idx)
     results = {}
-    for remat in ("none", "full", "dots_saveable"):
+    for remat in ("none", "minimal", "full", "dots_saveable"):
         config = tiny(scan_blocks=scan_blocks, parallel=ParallelConfig(remat=remat))
 
         def loss(p, config=config):
@@ -337,8 +357,12 @@ def test_remat_keeps_results_and_inserts_checkpoints(scan_blocks):
             assert not checkpoints
         else:
             assert checkpoints
-            expected_policy = None if remat == "full" else jax.checkpoint_policies.dots_saveable
+            expected_policy = {
+                "full": None,
+                "minimal": remat_lib.keep_matmuls_and_attention_kernels,
+                "dots_saveable": jax.checkpoint_policies.dots_saveable,
+            }[remat]
             assert all(p["policy"] is expected_policy for p in checkpoints)
-    for remat in ("full", "dots_saveable"):
+    for remat in ("minimal", "full", "dots_saveable"):
         for a, b in zip(jax.tree.leaves(results[remat]), jax.tree.leaves(results["none"]), strict=True):
             np.testing.assert_allclose(a, b, atol=SAME_ATOL, rtol=SAME_ATOL)

@@ -125,7 +125,7 @@ def test_a_new_mesh_resumes_in_place_saying_what_changed(tiny_run, tmp_path):
     assert (
         f"{workdir} holds this experiment with another layout; resuming it with "
         "model.config.parallel.fsdp_axis_size 1 -> 2, model.config.parallel.fsdp_min_weight_size "
-        "262144 -> 0, model.config.parallel.remat 'none' -> 'full', trainer.num_microbatches 1 -> 2."
+        "262144 -> 0, model.config.parallel.remat 'minimal' -> 'full', trainer.num_microbatches 1 -> 2."
     ) in result.stdout
     assert "from the checkpoint at step 10" in result.stdout
     assert "mesh: data=1 x fsdp=2 x tensor=1 (2 devices, 1 process)" in result.stdout

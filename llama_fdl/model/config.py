@@ -20,7 +20,7 @@ import jax.numpy as jnp
 # reads the Literals (so a typo there gets the nearest valid name).
 AttentionBackend = Literal["xla", "pallas_triton", "cudnn"]
 InitScheme = Literal["lecun", "small_wang"]
-RematPolicy = Literal["none", "full", "dots_saveable", "attention", "ffn", "attention_and_ffn"]
+RematPolicy = Literal["none", "minimal", "full", "dots_saveable", "attention", "ffn", "attention_and_ffn"]
 ComputeDType = Literal["float32", "bfloat16", "float16"]
 
 ATTENTION_BACKENDS: tuple[str, ...] = typing.get_args(AttentionBackend)
@@ -47,9 +47,10 @@ class ParallelConfig:
     """Devices on the tensor axis; -1 means all devices not used by the other axes."""
     fsdp_min_weight_size: int = 2**18
     """Parameters with fewer elements than this stay replicated instead of FSDP-sharded."""
-    remat: RematPolicy = "none"
-    """What each block recomputes in the backward pass: none; the whole block (full, or
-    dots_saveable keeping matmul outputs); or only its attention, only its ffn, or each of
+    remat: RematPolicy = "minimal"
+    """What each block recomputes in the backward pass: none; minimal (the elementwise work
+    between the matmuls and attention kernels, whose outputs are kept); the whole block (full,
+    or dots_saveable keeping matmul outputs); or only its attention, only its ffn, or each of
     attention_and_ffn on its own (see llama_fdl.model.remat)."""
 
     def __post_init__(self) -> None:
