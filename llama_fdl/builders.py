@@ -32,7 +32,7 @@ class DType(fdl.Tag):
 
 
 def parallel() -> fdl.Config[ParallelConfig]:
-    """All devices on the data axis; no FSDP, no tensor parallelism, no remat."""
+    """All devices on the data axis; no FSDP, no tensor parallelism, the default (minimal) remat."""
     return fdl.Config(ParallelConfig)
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import compile_time, gpu_check, shapes, step_vs_hf
+from benchmarks import compile_time, gpu_check, shapes, step_vs_hf, variants
 from llama_fdl import host_memory, optim, sharding
 from llama_fdl.model import LlamaTransformer
 from llama_fdl.train import aot
@@ -24,6 +24,17 @@ def test_step_comparison_runs_both_frameworks_on_a_toy_model():
     result = step_vs_hf.compare(shapes.TOY, rounds=1, steps=1, matmul_flops=1e9)
     assert result.fdl_tokens_per_s > 0 and result.hf_tokens_per_s > 0
     assert result.ratio > 0 and result.num_params == shapes.TOY.num_params
+
+
+def test_variants_build_the_configs_they_name_and_run():
+    fields = variants.variant_fields("parallel.remat=none,scan_blocks=False")
+    assert fields == {"scan_blocks": False, "parallel": variants.ParallelConfig(remat="none")}
+    assert variants.variant_fields("base") == {}
+    with pytest.raises(ValueError, match="is not NAME=VALUE"):
+        variants.variant_fields("scan_blocks")
+    result = variants.main(["--shape=toy", "--rounds=1", "--steps=1", "base", "parallel.remat=none"])
+    assert set(result) == {"base", "parallel.remat=none", "HF"}
+    assert all(t["wall"] > 0 and t["cpu"] > 0 for t in result.values())
 
 
 def test_compile_time_table_has_a_row_per_depth():
