@@ -61,9 +61,11 @@ def test_the_converter_takes_exactly_xlstm_jax_names_and_defaults():
     for name, expected in XLSTM_JAX_FIELDS.items():
         default = signature.parameters[name].default
         assert (list(default) if isinstance(default, tuple) else default) == expected, name
+    # xlstm-jax's default `remat=[]` keeps every activation: "none", not llama_fdl's own default.
     assert xlstm_jax.parallel_config() == ParallelConfig(
-        data_axis_name="dp", fsdp_axis_name="fsdp", tensor_axis_name="tp"
+        data_axis_name="dp", fsdp_axis_name="fsdp", tensor_axis_name="tp", remat="none"
     )
+    assert ParallelConfig().remat != "none"  # control: the remat above is the converter's choice
 
 
 @pytest.mark.parametrize("name", sorted(LLAMA_YAMLS))
