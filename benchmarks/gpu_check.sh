@@ -44,7 +44,7 @@ if [ "${1:-}" != "--smoke" ]; then
   JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 150 \
     $PY -m benchmarks.decode --vocab_size=32000 --embedding_dim=1024 --num_blocks=8 \
     --num_kv_heads=4 --batch=8 --prompt_len=128 --new_tokens=128 --repeats=2 \
-    2>&1 | tail -n 6 | tee "$OUT/decode.txt"
+    2>&1 | tail -n 8 | tee "$OUT/decode.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
   echo "== float32 tests on the GPU (conftest asks for full matmul precision, not TF32)"
