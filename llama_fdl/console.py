@@ -62,6 +62,19 @@ def quiet_libraries() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+def silence_stderr_from_here() -> None:
+    """After a one-line error, drop what exiting writes to stderr, so that the error stays its last
+    line: a failed background save (a full disk) leaves Orbax's writer threads running, and the
+    interpreter's shutdown cuts them off with "Exception ignored ... sys.meta_path is None"
+    tracebacks. Nothing is dropped under `verbose()`."""
+    if verbose():
+        return
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
     """File descriptor 2 in a temporary file for the block: for C++ libraries that write there

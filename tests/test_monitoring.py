@@ -113,3 +113,20 @@ def test_a_resumed_writer_purges_what_the_killed_run_logged_after_its_checkpoint
     assert curve == [(s, 100.0 + s) for s in range(1, 11)] + [(s, float(s)) for s in range(11, 21)]
     unpurged = [step for step, _ in two_runs(tmp_path / "unpurged", purge_step=None)]
     assert len(unpurged) == 25 and len(set(unpurged)) == 20
+
+
+def test_a_writer_that_cannot_close_does_not_hide_the_error_that_ended_the_run(tmp_path):
+    # On a full disk the event file's last flush fails; the run's own error (the unwritable
+    # checkpoint) must still be what propagates, to become the launcher's one-line error.
+    from llama_fdl.train.metrics import MetricWriter
+
+    class FullDisk(MetricWriter):
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(RuntimeError, match="the run's own error"):
+        with FullDisk(str(tmp_path)).closed_on_exit():
+            raise RuntimeError("the run's own error")
+    with pytest.raises(OSError, match="No space left"):  # control: alone, the close error is raised
+        with FullDisk(str(tmp_path)).closed_on_exit():
+            pass

@@ -150,7 +150,7 @@ def _train(
         with startup.phase("Initialising the parameters and the train stream"):
             state = _first_state(experiment, tx, shardings)
             train_iter = pipeline.train_iterator(data)
-        writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(str(workdir))))
+        writer = cleanup.enter_context(metrics_lib.MetricWriter(str(workdir)).closed_on_exit())
         origin = f"the weights of {trainer.init_from}" if trainer.init_from else "scratch"
         _say(f"Starting {workdir} from {origin}.")
         for name, body in (texts or {}).items():
@@ -159,7 +159,7 @@ def _train(
         state, train_iter, latest = resumed
         # tensorboardX's purge_step: TensorBoard drops what a killed run logged after its checkpoint.
         writer = cleanup.enter_context(
-            contextlib.closing(metrics_lib.MetricWriter(str(workdir), purge_step=latest + 1))
+            metrics_lib.MetricWriter(str(workdir), purge_step=latest + 1).closed_on_exit()
         )
         _say(f"Resuming {workdir} from the checkpoint at step {latest}.")
     start = int(jax.device_get(state.step))

@@ -5,8 +5,11 @@ Only process 0 writes; the others get a writer that drops everything.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -60,6 +63,22 @@ class MetricWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+    @contextlib.contextmanager
+    def closed_on_exit(self) -> Iterator[MetricWriter]:
+        """This writer, closed (flushed) when the block ends, however it ends. When the block
+        raises, a failure to close (the event file's last events not written: a full disk) is
+        a warning, not an error raised over the one that ended the block, which says what went
+        wrong in the first place."""
+        try:
+            yield self
+        except BaseException:
+            try:
+                self.close()
+            except OSError as e:
+                logging.getLogger(__name__).warning("TensorBoard's event file was not closed cleanly: %s", e)
+            raise
+        self.close()
 
 
 class Averager:
