@@ -63,10 +63,12 @@ def quiet_libraries() -> None:
 
 
 def silence_stderr_from_here() -> None:
-    """After a one-line error, drop what exiting writes to stderr, so that the error stays its last
-    line: a failed background save (a full disk) leaves Orbax's writer threads running, and the
-    interpreter's shutdown cuts them off with "Exception ignored ... sys.meta_path is None"
-    tracebacks. Nothing is dropped under `verbose()`."""
+    """For a process about to exit on a one-line error: drop what exiting writes to stderr, so
+    that the error stays its last line (a failed background save, on a full disk, leaves Orbax's
+    writer threads running, and the interpreter's shutdown cuts them off with "Exception ignored
+    ... sys.meta_path is None" tracebacks). It redirects the process's file descriptor 2, so only
+    a command's entry point (`llama_fdl.commands.run`) calls it. Nothing is dropped under
+    `verbose()`."""
     if verbose():
         return
     sys.stderr.flush()

@@ -57,7 +57,14 @@ def run(name: str, args: Sequence[str], prog: str) -> None:
     host_memory.reexec_with_huge_pages()  # first: glibc reads the malloc tunable only at start-up
     module = importlib.import_module(COMMANDS[name].module)
     typed = list(args)
-    app.run(lambda argv: module.main(argv, typed), argv=[prog, *typed], flags_parser=module.parse_flags)
+    try:
+        app.run(lambda argv: module.main(argv, typed), argv=[prog, *typed], flags_parser=module.parse_flags)
+    except SystemExit as e:
+        if e.code not in (None, 0):  # after the one-line error, which is to stay stderr's last line
+            from llama_fdl import console
+
+            console.silence_stderr_from_here()
+        raise
 
 
 def help_text(name: str | None = None) -> str:

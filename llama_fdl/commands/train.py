@@ -23,7 +23,6 @@ import experiments
 from llama_fdl import (  # distributed defines --num_processes, ...
     commands,
     compilation_cache,
-    console,
     distributed,
     runner,
 )
@@ -152,5 +151,4 @@ def main(argv: list[str], typed: Sequence[str]) -> None:
         if fdl_flags.TRACEBACK.value:
             raise
         print(f"error: {runner.one_line(e)} (--traceback shows where)", file=sys.stderr)
-        console.silence_stderr_from_here()
         sys.exit(1)
