@@ -156,6 +156,31 @@ def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
+def interleave(
+    runs: dict[str, Callable[[], None]], rounds: int, steps: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per round and side: wall and process CPU seconds per step, over `rounds` rounds of `steps`
+    timed steps of each side (the order reversing every round).
+
+    Each side's round starts with one untimed step: the first step after the other framework ran
+    is slower on both sides (caches and thread pools taken over; measured at `small`: +75 ms
+    of 290 for llama_fdl, +20 ms of 250 for HF), which a training process, running one
+    framework, never pays.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        order = list(runs.items())
+        for name, run in order if r % 2 == 0 else order[::-1]:
+            run()  # untimed: see the docstring
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                run()
+            times[name].append((time.perf_counter() - start) / steps)
+            cpu[name].append((time.process_time() - start_cpu) / steps)
+    return times, cpu
+
+
 def compare(
     shape: shapes_lib.Shape,
     dtype: str = "float32",
@@ -165,26 +190,10 @@ def compare(
     matmul_flops: float | None = None,
     attention: str = "xla",
 ) -> StepComparison:
-    """Alternates `rounds` rounds of `steps` timed steps of each side.
-
-    Each side's round starts with one untimed step: the first step after the other framework ran
-    is slower on both sides (caches and thread pools taken over; measured at `small`: +75 ms
-    of 290 for llama_fdl, +20 ms of 250 for HF), which a training process, running one
-    framework, never pays.
-    """
+    """Alternates `rounds` rounds of `steps` timed steps of each side (`interleave`)."""
     fdl, compile_s = llama_fdl_step(shape, dtype, attention)
     hf = hf_step(shape, dtype)
-    times: dict[str, list[float]] = {"fdl": [], "hf": []}
-    cpu: dict[str, list[float]] = {"fdl": [], "hf": []}
-    for r in range(rounds):
-        order = [("fdl", fdl), ("hf", hf)]
-        for side, run in order if r % 2 == 0 else order[::-1]:
-            run()  # untimed: see the docstring
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                run()
-            times[side].append((time.perf_counter() - start) / steps)
-            cpu[side].append((time.process_time() - start_cpu) / steps)
+    times, cpu = interleave({"fdl": fdl, "hf": hf}, rounds, steps)
     tokens = shape.tokens_per_step
     fdl_tps = tokens / statistics.median(times["fdl"])
     hf_tps = tokens / statistics.median(times["hf"])

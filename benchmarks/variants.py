@@ -5,7 +5,7 @@
 Each variant is a comma-separated list of LlamaConfig fields (`parallel.NAME` for a
 ParallelConfig field), values as Python literals; `base` is the shape's config as it is. Rounds
 alternate the variants and HF (the order reverses every round), each side's round starting with
-one untimed step (see `step_vs_hf.compare`). Printed per variant: the medians of wall time and
+one untimed step (`step_vs_hf.interleave`). Printed per variant: the medians of wall time and
 of process CPU time per step, and HF's over it. Pinned to one core (`taskset -c 1`) the CPU-time
 column is the comparison that load from other processes skews least; on all cores, wall time
 also measures how well each side uses the threads.
@@ -17,7 +17,6 @@ import argparse
 import ast
 import dataclasses
 import statistics
-import time
 
 from benchmarks import shapes as shapes_lib
 from benchmarks import step_vs_hf
@@ -58,17 +57,7 @@ def measure(
         )
         runs[spec], _ = step_vs_hf.llama_fdl_step(variant)
     runs["HF"] = step_vs_hf.hf_step(shape)
-    wall: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(rounds):
-        order = list(runs.items())
-        for name, run in order if r % 2 == 0 else order[::-1]:
-            run()  # untimed, as in step_vs_hf
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                run()
-            wall[name].append((time.perf_counter() - start) / steps)
-            cpu[name].append((time.process_time() - start_cpu) / steps)
+    wall, cpu = step_vs_hf.interleave(runs, rounds, steps)
     return {
         name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])} for name in runs
     }

@@ -320,8 +320,7 @@ def _train(
     if last_eval and int(jax.device_get(state.step)) == total_steps:
         hparams = {**_hparams(experiment), **options.hparams}
         writer.hparams(hparams, {"hparams/eval_loss": last_eval["eval/loss"]}, total_steps)
-    writer.close()
-    return last_eval
+    return last_eval  # the writer is closed as `cleanup` ends (MetricWriter.closed_on_exit)
 
 
 def _first_state(experiment: Experiment, tx, shardings) -> state_lib.TrainState:
